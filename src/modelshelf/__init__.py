@@ -1,0 +1,46 @@
+"""modelshelf: version machine-learning models on any fsspec filesystem, with no server.
+
+Example:
+    >>> import modelshelf as ms
+    >>> v = ms.log_artifact("data/", name="digits", type="dataset", aliases=["train"])
+    >>> ms.get("digits:train").download()
+"""
+
+from __future__ import annotations
+
+from ._api import get, log_artifact, shelf
+from ._artifact import Artifact
+from ._errors import ConflictError
+from ._errors import IntegrityError
+from ._errors import InvalidMetadataError
+from ._errors import InvalidReferenceError
+from ._errors import MissingDependencyError
+from ._errors import ModelshelfError
+from ._errors import NotFoundError
+from ._errors import UnsafeLoadError
+from ._shelf import Shelf
+from ._version import AliasEvent
+from ._version import ArtifactVersion
+from ._version import FileInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AliasEvent",
+    "Artifact",
+    "ArtifactVersion",
+    "ConflictError",
+    "FileInfo",
+    "IntegrityError",
+    "InvalidMetadataError",
+    "InvalidReferenceError",
+    "MissingDependencyError",
+    "ModelshelfError",
+    "NotFoundError",
+    "Shelf",
+    "UnsafeLoadError",
+    "__version__",
+    "get",
+    "log_artifact",
+    "shelf",
+]

@@ -1,0 +1,200 @@
+"""The local download cache: verified blobs, and versions materialised from them.
+
+Layout under ``$MODELSHELF_CACHE`` (default ``~/.cache/modelshelf``)::
+
+    blobs/sha256/<aa>/<hex>                      one copy of each file's bytes, read-only
+    shelves/<shelf id>/<project|_>/<name>/v<N>/  a version's files, hard links to the blobs
+    tmp/                                         downloads in flight
+    hashes.sqlite                                stat -> digest cache (see _hashcache)
+
+Versions that share a file share its disk. Every byte fetched from a shelf is hashed on the
+way in; ``verify=True`` re-checks cached files too (cheaply, by their stat data, and by
+re-hashing whatever changed since).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _hashcache, _references
+from ._config import cache_dir
+from ._errors import IntegrityError
+from ._layout import artifact_prefix
+from ._manifest import FileEntry, blob_key, safe_join
+
+if TYPE_CHECKING:
+    from ._version import ArtifactVersion
+
+
+def blob_path(hexdigest: str) -> Path:
+    return cache_dir() / "blobs" / "sha256" / hexdigest[:2] / hexdigest
+
+
+def version_dir(version: ArtifactVersion) -> Path:
+    prefix = artifact_prefix(version.name).split("/", 1)[1]  # "<project|_>/<name>"
+    return cache_dir() / "shelves" / version.shelf.id / prefix / f"v{version.version}"
+
+
+def _tmp_path() -> Path:
+    tmp = cache_dir() / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp / f"{uuid.uuid4().hex}.part"
+
+
+def _source(version: ArtifactVersion, rel: str, entry: FileEntry) -> Iterator[bytes]:
+    """The bytes of one file, from the shelf's blobs or from the referenced location."""
+    if entry.ref is not None:
+        return _references.fetch(rel, entry)
+    storage = version.shelf._storage
+    hexes = [d.split(":", 1)[1] for d, _ in entry.chunks] if entry.chunks else [entry.hex or ""]
+    for h in hexes:
+        if not storage.exists(blob_key(h)):
+            raise IntegrityError(
+                f"{version.ref}: the bytes of {rel!r} are missing from the shelf "
+                f"({storage.describe(blob_key(h))}).",
+                ref=version.ref,
+                files=[rel],
+            )
+    return itertools.chain.from_iterable(storage.iter_chunks(blob_key(h)) for h in hexes)
+
+
+def _fetch(version: ArtifactVersion, rel: str, entry: FileEntry) -> Path:
+    """Download one file into the blob cache, checking its size and digest on the way."""
+    tmp = _tmp_path()
+    h, size = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in _source(version, rel, entry):
+                h.update(chunk)
+                size += len(chunk)
+                f.write(chunk)
+        hexdigest = h.hexdigest()
+        if (entry.digest and entry.hex != hexdigest) or size != entry.size:
+            raise IntegrityError(
+                f"{version.ref}: {rel!r} is corrupted: expected {entry.size} bytes with "
+                f"{entry.digest}, read {size} bytes with sha256:{hexdigest}.",
+                ref=version.ref,
+                files=[rel],
+            )
+        dest = blob_path(hexdigest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        st = os.stat(tmp)
+        os.replace(tmp, dest)
+        _hashcache.remember(dest, hexdigest, st, written_by_us=True)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cached_blob(version: ArtifactVersion, rel: str, entry: FileEntry, verify: bool) -> Path:
+    """A verified cached copy of one file's bytes, fetched if missing or damaged."""
+    if entry.hex is None:  # a reference recorded without checksum: fetch, check size and ETag
+        return _fetch(version, rel, entry)
+    cached = blob_path(entry.hex)
+    if cached.exists():
+        if not verify or _hashcache.file_digest(cached) == entry.hex:
+            return cached
+        cached.unlink(missing_ok=True)  # damaged in the cache: fetch it again
+    return _fetch(version, rel, entry)
+
+
+def _place(blob: Path, dest: Path, *, link: bool) -> None:
+    """Put ``blob``'s bytes at ``dest`` atomically: a hard link into the cache, else a copy."""
+    if dest.exists() and link and os.path.samefile(blob, dest):
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+    try:
+        linked = False
+        if link:
+            with contextlib.suppress(OSError):
+                os.link(blob, tmp)
+                linked = True
+        if not linked:
+            shutil.copyfile(blob, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _targets(version: ArtifactVersion, root: Path, files: list[str]) -> dict[str, Path]:
+    """Check every manifest path before anything is written (a hostile shelf writes nothing)."""
+    return {rel: safe_join(root, rel) for rel in files}
+
+
+def download(version: ArtifactVersion, root: Path | None, *, verify: bool) -> Path:
+    into_cache = root is None
+    target = version_dir(version) if root is None else root
+    entries = version.manifest.files
+    targets = _targets(version, target, list(entries))
+    target.mkdir(parents=True, exist_ok=True)
+    bad: list[str] = []
+    errors: list[str] = []
+    for rel, dest in targets.items():
+        entry = entries[rel]
+        try:
+            blob = _cached_blob(version, rel, entry, verify)
+        except IntegrityError as exc:
+            bad.extend(exc.files or [rel])
+            errors.append(str(exc))
+            continue
+        if not into_cache and entry.hex and dest.exists() and _hashcache.lookup(dest) == entry.hex:
+            continue  # already copied there, untouched since
+        _place(blob, dest, link=into_cache)
+        if not into_cache and entry.hex:
+            _hashcache.remember(dest, entry.hex, dest.stat(), written_by_us=True)
+    if bad:
+        raise IntegrityError(
+            f"{version.ref}: {len(bad)} file(s) failed verification: " + " ".join(errors),
+            ref=version.ref,
+            files=bad,
+        )
+    return target
+
+
+def download_file(version: ArtifactVersion, rel: str) -> Path:
+    dest = _targets(version, version_dir(version), [rel])[rel]
+    entry = version.manifest.files[rel]
+    blob = _cached_blob(version, rel, entry, verify=True)
+    _place(blob, dest, link=True)
+    return dest
+
+
+def verify_on_shelf(version: ArtifactVersion) -> None:
+    """Re-read every byte of ``version`` from the shelf (and check every reference)."""
+    problems: list[str] = []
+    bad: list[str] = []
+    for rel, entry in sorted(version.manifest.files.items()):
+        try:
+            if entry.ref is not None:
+                _references.check(rel, entry)
+                continue
+            h, size = hashlib.sha256(), 0
+            for chunk in _source(version, rel, entry):
+                h.update(chunk)
+                size += len(chunk)
+            if h.hexdigest() != entry.hex or size != entry.size:
+                raise IntegrityError(
+                    f"{rel!r}: expected {entry.size} bytes with {entry.digest}, found {size} "
+                    f"bytes with sha256:{h.hexdigest()}",
+                    files=[rel],
+                )
+        except IntegrityError as exc:
+            bad.append(rel)
+            problems.append(str(exc))
+    if bad:
+        raise IntegrityError(
+            f"{version.ref} failed verification; bad files: {', '.join(map(repr, bad))}. "
+            + " ".join(problems),
+            ref=version.ref,
+            files=bad,
+        )

@@ -1,0 +1,138 @@
+"""Append-only logs of numbered JSON records, the building block of versions and aliases.
+
+Record ``n`` of a log lives at ``<prefix>/<n:012d>.json`` and is written once, by the atomic
+create-if-absent of the storage layer. Whoever creates record ``n`` first wins; a writer that
+loses re-reads the head and tries ``n + 1``. A record is only attempted once record ``n - 1``
+was seen, and records are never removed, so the numbers in use are always ``0..head``: the head
+is found by probing forward from a hint (``<prefix>/HEAD``), doubling the step, then bisecting.
+The hint is rewritten after each append; it may lag behind or even go back under races, which
+only costs a few more probes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import ConflictError
+from ._storage import Storage
+
+Record = dict[str, Any]
+
+_MAX_TRIES = 200
+
+
+def dumps(record: Record) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def loads(data: bytes, where: str) -> Record:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ConflictError(f"The shelf record {where} is not valid JSON ({exc}).") from None
+    if not isinstance(value, dict):
+        raise ConflictError(f"The shelf record {where} is not a JSON object.")
+    return value
+
+
+class SeqLog:
+    """The numbered records under one prefix of a shelf."""
+
+    def __init__(self, storage: Storage, prefix: str, *, hint: bool = True) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.hint = hint
+
+    def key(self, n: int) -> str:
+        return f"{self.prefix}/{n:012d}.json"
+
+    def get(self, n: int) -> Record | None:
+        data = self.storage.try_read(self.key(n))
+        return None if data is None else loads(data, self.storage.describe(self.key(n)))
+
+    def _read_hint(self) -> int:
+        if not self.hint:
+            return -1
+        data = self.storage.try_read(f"{self.prefix}/HEAD")
+        try:
+            return int(data) if data is not None else -1
+        except ValueError:
+            return -1
+
+    def _write_hint(self, n: int) -> None:
+        if self.hint:
+            self.storage.replace(f"{self.prefix}/HEAD", str(n).encode())
+
+    def head(self) -> tuple[int, Record | None]:
+        """Return ``(n, record)`` of the newest record, or ``(-1, None)`` for an empty log."""
+        start = self._read_hint()
+        known, known_rec = -1, None
+        if start >= 0:
+            known_rec = self.get(start)
+            if known_rec is not None:
+                known = start
+            # A hint ahead of the records cannot happen unless the shelf was edited by hand;
+            # fall back to probing from the start.
+        # Gallop: probe known+1, known+2, known+4, ... until one is missing.
+        step, missing = 1, None
+        while True:
+            probe = known + step
+            rec = self.get(probe)
+            if rec is None:
+                missing = probe
+                break
+            known, known_rec = probe, rec
+            step *= 2
+        # Bisect between the newest seen and the first missing.
+        lo, hi = known, missing
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            rec = self.get(mid)
+            if rec is None:
+                hi = mid
+            else:
+                lo, known_rec = mid, rec
+        if lo >= 0 and lo - max(start, 0) > 16:
+            try:
+                self._write_hint(lo)
+            except OSError:
+                pass  # a read-only shelf: the hint is an optimisation only
+        return lo, known_rec
+
+    def append(self, make: Callable[[int, Record | None], Record | None]) -> tuple[int, Record]:
+        """Append the record ``make(n, head_record)`` as number ``n``; retry on races.
+
+        ``make`` may return None to append nothing; then the current head is returned.
+        """
+        for attempt in range(_MAX_TRIES):
+            n, head = self.head()
+            record = make(n + 1, head)
+            if record is None:
+                assert head is not None
+                return n, head
+            if self.storage.create(self.key(n + 1), dumps(record)):
+                try:
+                    self._write_hint(n + 1)
+                except OSError:
+                    pass
+                return n + 1, record
+            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 50)))
+        raise ConflictError(
+            f"Could not append to {self.storage.describe(self.prefix)} after {_MAX_TRIES} "
+            "attempts: too many writers at once. Try again."
+        )
+
+    def all(self) -> list[tuple[int, Record]]:
+        """Every record, oldest first (one listing plus concurrent reads)."""
+        keys = [k for k in self.storage.list(self.prefix) if k.endswith(".json")]
+        got = self.storage.read_many(keys)
+        out = []
+        for key in keys:
+            name = key.rsplit("/", 1)[-1][: -len(".json")]
+            if name.isdigit() and key in got:
+                out.append((int(name), loads(got[key], self.storage.describe(key))))
+        return sorted(out, key=lambda item: item[0])

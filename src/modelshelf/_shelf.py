@@ -1,0 +1,492 @@
+"""``Shelf``: named, typed artifacts with immutable versions and movable aliases."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from . import _hashcache
+from ._artifact import Artifact, LocalFile, validate_type
+from ._config import FORMAT_VERSION, default_root
+from ._errors import ConflictError, InvalidReferenceError, NotFoundError
+from ._layout import (
+    ROOT_RECORD,
+    aliases_prefix,
+    clean_metadata,
+    digest_key,
+    info_key,
+    isoformat,
+    lease_key,
+    manifest_key,
+    name_from_prefix,
+    now,
+    state_prefix,
+    versions_prefix,
+    writer_info,
+)
+from ._log import SeqLog, dumps, loads
+from ._manifest import FileEntry, Manifest, blob_key
+from ._refs import LATEST, Ref, parse_ref, validate_alias, validate_name, validate_tag
+from ._storage import Storage
+from ._version import AliasEvent, ArtifactVersion
+
+logger = logging.getLogger("modelshelf")
+
+
+def _run_id(run: Any) -> str | None:
+    if run is None:
+        return None
+    run_id = getattr(run, "id", run)
+    if not isinstance(run_id, str):
+        raise InvalidReferenceError(f"run must be a Run or a run id string, not {run!r}.")
+    return run_id
+
+
+class Shelf:
+    """A shelf of versioned artifacts in a folder of any fsspec filesystem.
+
+    Args:
+        root: a local path or fsspec URL (``s3://bucket/prefix``, ``memory://x``, ...);
+            default ``$MODELSHELF_ROOT`` or ``~/.modelshelf``.
+        storage_options: passed to the fsspec filesystem (credentials, endpoint, ...).
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        url = os.fspath(root) if root is not None else default_root()
+        self._storage = Storage.open_url(url, storage_options)
+        self.url = self._storage.url
+        self._root_info: dict[str, Any] | None = None
+        self._init_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Shelf({self.url!r})"
+
+    # -- the root record -----------------------------------------------------------------
+    def _info(self, *, create: bool) -> dict[str, Any] | None:
+        if self._root_info is not None:
+            return self._root_info
+        with self._init_lock:
+            data = self._storage.try_read(ROOT_RECORD)
+            if data is None and create:
+                record = {
+                    "format": FORMAT_VERSION,
+                    "id": uuid.uuid4().hex,
+                    "created_at": isoformat(now()),
+                    "created_by": writer_info(),
+                }
+                self._storage.create(ROOT_RECORD, dumps(record))
+                data = self._storage.read(ROOT_RECORD)  # another process may have won
+            if data is None:
+                return None
+            info = loads(data, self._storage.describe(ROOT_RECORD))
+            if int(info.get("format", 0)) > FORMAT_VERSION:
+                raise ConflictError(
+                    f"The shelf {self.url!r} uses format {info['format']}, newer than this "
+                    f"modelshelf understands ({FORMAT_VERSION}). Upgrade modelshelf."
+                )
+            self._root_info = info
+            return info
+
+    @property
+    def id(self) -> str:
+        """The shelf's unique id (created with the shelf; keys its local download cache)."""
+        info = self._info(create=True)
+        assert info is not None
+        return str(info["id"])
+
+    # -- logging -------------------------------------------------------------------------
+    def log_artifact(
+        self,
+        artifact_or_path: Artifact | str | os.PathLike[str],
+        name: str | None = None,
+        type: str | None = None,
+        *,
+        aliases: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        description: str | None = None,
+        run: Any = None,
+    ) -> ArtifactVersion:
+        """Store an artifact (or a file or folder path) as its next version.
+
+        Content identical to an existing version creates no new version: that version is
+        returned, with ``aliases`` and ``tags`` applied, and a warning is logged.
+
+        Raises:
+            InvalidReferenceError: a bad name, type, alias or tag.
+            InvalidMetadataError: metadata that cannot be stored as JSON.
+            ConflictError: the name exists with another type.
+        """
+        artifact = self._as_artifact(artifact_or_path, name, type)
+        aliases = [validate_alias(a) for a in aliases]
+        tags = sorted({validate_tag(t) for t in tags})
+        meta = {**artifact.metadata, **clean_metadata(metadata)}
+        desc = description if description is not None else artifact.description
+        run_id = _run_id(run)
+        name = artifact.name
+
+        self._info(create=True)
+        self._claim_name(name, artifact.type)
+        lease = uuid.uuid4().hex
+        try:
+            manifest = self._store_files(artifact, lease)
+            digest = manifest.digest()
+            existing = self._find_identical(name, digest)
+            if existing is not None:
+                logger.warning(
+                    "%s holds the same content as this log; no new version was created.",
+                    existing.ref,
+                )
+                if tags:
+                    existing.add_tags(*tags)
+                if aliases:
+                    self._move_aliases(name, {a: existing.version for a in aliases}, run=run)
+                return self.get(existing.ref)
+            manifest_bytes = manifest.to_bytes()
+            manifest_hex = manifest.sha256()
+            self._storage.create(manifest_key(manifest_hex), manifest_bytes)
+            record = {
+                "name": name,
+                "type": artifact.type,
+                "digest": digest,
+                "manifest": manifest_hex,
+                "size": manifest.size,
+                "file_count": len(manifest.files),
+                "created_at": isoformat(now()),
+                "created_by": writer_info(),
+                "run_id": run_id,
+                "description": desc,
+                "metadata": meta,
+                "tags": tags,
+            }
+
+            def make(n: int, _head: dict[str, Any] | None) -> dict[str, Any]:
+                return {**record, "version": n}
+
+            version, _ = SeqLog(self._storage, versions_prefix(name)).append(make)
+        finally:
+            self._storage.delete(lease_key(lease))
+        with contextlib.suppress(OSError):
+            self._storage.replace(digest_key(name, digest), str(version).encode())
+        if aliases:
+            self._move_aliases(name, dict.fromkeys(aliases, version), run=run)
+        return self.get(f"{name}:v{version}")
+
+    def _as_artifact(
+        self, item: Artifact | str | os.PathLike[str], name: str | None, type: str | None
+    ) -> Artifact:
+        if isinstance(item, Artifact):
+            if name is not None and name != item.name:
+                validate_name(name)
+                item.name = name
+            if type is not None:
+                item.type = validate_type(type)
+            return item
+        if not isinstance(item, (str, os.PathLike)):
+            raise InvalidReferenceError(
+                f"log_artifact takes an Artifact or a path, not {item.__class__.__name__}.",
+                value=item,
+            )
+        path = Path(item)
+        if name is None:
+            name = path.resolve().name
+            try:
+                validate_name(name)
+            except InvalidReferenceError:
+                raise InvalidReferenceError(
+                    f"Cannot name an artifact after {str(item)!r}; pass name=.", value=item
+                ) from None
+        if type is None:
+            info = self._storage.try_read(info_key(validate_name(name)))
+            type = loads(info, name)["type"] if info else "artifact"
+        art = Artifact(name, type)
+        if path.is_dir():
+            art.add_dir(path)
+        else:
+            art.add_file(path)
+        return art
+
+    def _claim_name(self, name: str, type: str) -> None:
+        record = {"name": name, "type": type, "created_at": isoformat(now())}
+        if not self._storage.create(info_key(name), dumps(record)):
+            existing = loads(self._storage.read(info_key(name)), name)
+            if existing["type"] != type:
+                raise ConflictError(
+                    f"{name!r} is an artifact of type {existing['type']!r}, not {type!r}. "
+                    f"Log it with type={existing['type']!r} or choose another name."
+                )
+
+    def _store_files(self, artifact: Artifact, lease: str) -> Manifest:
+        """Store every local file as a blob (skipping those already stored)."""
+        files: dict[str, FileEntry] = {}
+        for rel, item in sorted(artifact.entries().items()):
+            if isinstance(item, FileEntry):
+                files[rel] = item
+                continue
+            hexdigest, size = self._put_blob(item)
+            files[rel] = FileEntry(size=size, digest=f"sha256:{hexdigest}")
+        manifest = Manifest(files)
+        # A lease names the blobs about to be committed, so that gc leaves them alone.
+        lease_record = {"at": isoformat(now()), "by": writer_info(), "blobs": sorted(manifest.blob_hexes())}
+        self._storage.replace(lease_key(lease), dumps(lease_record))
+        return manifest
+
+    def _put_blob(self, item: LocalFile) -> tuple[str, int]:
+        st = os.stat(item.path)
+        cached = _hashcache.lookup(item.path, st)
+        if cached is None and self._storage.object_store:
+            cached = _hashcache.file_digest(item.path)  # hash first: skip uploads of known bytes
+        if cached is not None and self._storage.exists(blob_key(cached)):
+            return cached, st.st_size
+        hexdigest = self._storage.upload(item.path, blob_key, cached)
+        after = os.stat(item.path)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise ConflictError(f"{str(item.path)!r} changed while it was being stored; log it again.")
+        _hashcache.remember(item.path, hexdigest, st)
+        return hexdigest, st.st_size
+
+    def _find_identical(self, name: str, digest: str) -> ArtifactVersion | None:
+        data = self._storage.try_read(digest_key(name, digest))
+        if data is None:
+            return None
+        try:
+            version = self.get(f"{name}:v{int(data)}")
+        except (NotFoundError, ValueError):
+            return None
+        return version if version.digest == digest else None
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, ref: str) -> ArtifactVersion:
+        """Return the version ``ref`` names: ``name``, ``name:vN`` or ``name:alias``.
+
+        Raises:
+            InvalidReferenceError: ``ref`` is malformed.
+            NotFoundError: no such artifact, version or alias (the message lists what exists).
+        """
+        parsed = parse_ref(ref)
+        aliases = self._alias_map(parsed.name)
+        latest = self._latest(parsed.name)
+        if latest is None:
+            raise self._missing_artifact(parsed)
+        if parsed.version is not None:
+            number = parsed.version
+        elif parsed.alias == LATEST:
+            number = latest
+        elif parsed.alias in aliases:
+            number = aliases[parsed.alias]
+        else:
+            shown = ", ".join(sorted({LATEST, *aliases})) or "none"
+            raise NotFoundError(
+                f"{parsed.name!r} has no alias {parsed.alias!r}. Its aliases: {shown}; its "
+                f"newest version is v{latest}.",
+                ref=str(ref),
+            )
+        record = SeqLog(self._storage, versions_prefix(parsed.name)).get(number)
+        state = self._state(parsed.name, number, record) if record else None
+        if record is None or state is None or state.get("deleted"):
+            gone = "was deleted" if record is not None else "does not exist"
+            raise NotFoundError(
+                f"{parsed.name}:v{number} {gone}. The newest version of {parsed.name!r} is "
+                f"v{latest}; aliases: {', '.join(sorted({LATEST, *aliases}))}.",
+                ref=str(ref),
+            )
+        return self._version(record, state, aliases, latest)
+
+    def _version(
+        self, record: dict[str, Any], state: dict[str, Any], aliases: dict[str, int], latest: int | None
+    ) -> ArtifactVersion:
+        n = int(record["version"])
+        names = [a for a, v in aliases.items() if v == n]
+        if n == latest:
+            names.append(LATEST)
+        return ArtifactVersion(self, record, state, sorted(names))
+
+    def _missing_artifact(self, parsed: Ref) -> NotFoundError:
+        names = self.artifacts()
+        near = [n for n in names if parsed.basename.lower() in n.lower()] or names
+        listing = ", ".join(near[:10]) if near else "the shelf is empty"
+        return NotFoundError(
+            f"No artifact named {parsed.name!r} on {self.url}. Artifacts: {listing}"
+            + (f" (and {len(near) - 10} more)" if len(near) > 10 else "")
+            + ".",
+            ref=str(parsed),
+        )
+
+    def versions(self, name: str) -> list[ArtifactVersion]:
+        """Every version of ``name`` that was not deleted, oldest first."""
+        validate_name(name)
+        records = SeqLog(self._storage, versions_prefix(name)).all()
+        if not records:
+            raise self._missing_artifact(Ref(name))
+        aliases = self._alias_map(name)
+        states = self._all_states(name)
+        live = [(rec, states.get(n, _initial_state(rec))) for n, rec in records]
+        live = [(rec, st) for rec, st in live if not st.get("deleted")]
+        latest = int(live[-1][0]["version"]) if live else None
+        return [self._version(rec, st, aliases, latest) for rec, st in live]
+
+    def artifacts(self, type: str | None = None, project: str | None = None) -> list[str]:
+        """Names of the artifacts on the shelf, sorted; optionally of one type or project."""
+        projects = self._storage.listdir("artifacts")
+        if project is not None:
+            validate_name(project)
+            projects = [project] if project in projects else []
+        names = [
+            name_from_prefix(p, base) for p in projects for base in self._storage.listdir(f"artifacts/{p}")
+        ]
+        if type is None:
+            return sorted(names)
+        infos = self._storage.read_many([info_key(n) for n in names])
+        return sorted(n for n in names if info_key(n) in infos and loads(infos[info_key(n)], n).get("type") == type)
+
+    def _latest(self, name: str) -> int | None:
+        log = SeqLog(self._storage, versions_prefix(name))
+        n, record = log.head()
+        while n >= 0 and record is not None:
+            state = self._state(name, n, record)
+            if not state.get("deleted"):
+                return n
+            n -= 1
+            record = log.get(n)
+        return None
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - manifests are immutable
+    def _load_manifest(self, hexdigest: str) -> Manifest:
+        key = manifest_key(hexdigest)
+        try:
+            data = self._storage.read(key)
+        except FileNotFoundError:
+            from ._errors import IntegrityError
+
+            raise IntegrityError(f"The manifest {self._storage.describe(key)} is missing.") from None
+        return Manifest.from_bytes(data, self._storage.describe(key))
+
+    # -- mutable state: tags, description, metadata --------------------------------------
+    def _state(self, name: str, version: int, record: dict[str, Any]) -> dict[str, Any]:
+        _, head = SeqLog(self._storage, state_prefix(name, version), hint=False).head()
+        return head if head is not None else _initial_state(record)
+
+    def _all_states(self, name: str) -> dict[int, dict[str, Any]]:
+        prefix = state_prefix(name, 0).rsplit("/", 1)[0]
+        latest: dict[int, str] = {}
+        for key in self._storage.list(prefix):
+            parts = key.split("/")
+            latest[int(parts[-2])] = max(latest.get(int(parts[-2]), ""), key)
+        got = self._storage.read_many(list(latest.values()))
+        return {n: loads(got[k], k) for n, k in latest.items() if k in got}
+
+    def _update_state(
+        self, name: str, version: int, change: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        record = SeqLog(self._storage, versions_prefix(name)).get(version)
+        if record is None:
+            raise NotFoundError(f"{name}:v{version} does not exist.", ref=f"{name}:v{version}")
+
+        def make(_n: int, head: dict[str, Any] | None) -> dict[str, Any] | None:
+            state = json.loads(json.dumps(head if head is not None else _initial_state(record)))
+            if state.get("deleted"):
+                raise NotFoundError(f"{name}:v{version} was deleted.", ref=f"{name}:v{version}")
+            before = json.dumps(state, sort_keys=True)
+            change(state)
+            if json.dumps(state, sort_keys=True) == before:
+                return None
+            state["at"] = isoformat(now())
+            return state
+
+        log = SeqLog(self._storage, state_prefix(name, version), hint=False)
+        if log.head()[1] is None:
+            # The first change: start the log with the state as committed, then change it.
+            log.storage.create(log.key(0), dumps(_initial_state(record)))
+        return log.append(make)[1]
+
+    # -- aliases -------------------------------------------------------------------------
+    def _alias_map(self, name: str) -> dict[str, int]:
+        _, head = SeqLog(self._storage, aliases_prefix(name)).head()
+        return {k: int(v) for k, v in (head or {}).get("aliases", {}).items()}
+
+    def _move_aliases(self, name: str, moves: dict[str, int | None], *, run: Any = None) -> None:
+        for alias in moves:
+            validate_alias(alias)
+        if LATEST in moves:
+            raise ConflictError(
+                "'latest' is managed by the shelf: it always points to the newest version. "
+                "Choose another alias, such as 'best' or 'production'."
+            )
+        run_id = _run_id(run)
+        versions = SeqLog(self._storage, versions_prefix(name))
+        for alias, target in moves.items():
+            if target is not None and versions.get(target) is None:
+                raise NotFoundError(f"Cannot set {alias!r}: {name}:v{target} does not exist.")
+
+        def make(_n: int, head: dict[str, Any] | None) -> dict[str, Any] | None:
+            current = dict((head or {}).get("aliases", {}))
+            at = isoformat(now())
+            events = []
+            for alias, target in moves.items():
+                previous = current.get(alias)
+                if previous == target:
+                    continue
+                if target is None:
+                    current.pop(alias, None)
+                else:
+                    current[alias] = target
+                events.append({"alias": alias, "from": previous, "to": target, "at": at, "run_id": run_id})
+            if not events:
+                return None
+            return {"aliases": current, "events": events, "by": writer_info()}
+
+        SeqLog(self._storage, aliases_prefix(name)).append(make)
+
+    def _remove_alias(self, name: str, alias: str, version: int, *, run: Any = None) -> None:
+        current = self._alias_map(name).get(alias)
+        if current != version:
+            where = f"it points to v{current}" if current is not None else "it is not set"
+            raise NotFoundError(f"{name}:v{version} has no alias {alias!r} ({where}).")
+        self._move_aliases(name, {alias: None}, run=run)
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        """Every move of ``alias`` (or of every alias) of ``name``, oldest first.
+
+        ``latest`` moves with each new version; its history is derived from the versions.
+        """
+        validate_name(name)
+        if alias is not None and alias != LATEST:
+            validate_alias(alias)
+        events = []
+        for _n, record in SeqLog(self._storage, aliases_prefix(name)).all():
+            for e in record.get("events", []):
+                if alias is None or e["alias"] == alias:
+                    events.append(
+                        AliasEvent(e["alias"], e["to"], _parse(e["at"]), e.get("run_id"), e["from"])
+                    )
+        if alias in (None, LATEST):
+            previous = None
+            for _n, rec in SeqLog(self._storage, versions_prefix(name)).all():
+                n = int(rec["version"])
+                events.append(AliasEvent(LATEST, n, _parse(rec["created_at"]), rec.get("run_id"), previous))
+                previous = n
+        return sorted(events, key=lambda e: e.at)
+
+
+def _initial_state(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "tags": list(record.get("tags", [])),
+        "description": record.get("description"),
+        "metadata": dict(record.get("metadata", {})),
+    }
+
+
+def _parse(text: str) -> Any:
+    from ._layout import parse_time
+
+    return parse_time(text)

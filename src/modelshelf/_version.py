@@ -1,0 +1,208 @@
+"""``ArtifactVersion``: one immutable version of an artifact, with its movable labels."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._errors import NotFoundError
+from ._layout import clean_metadata, parse_time
+from ._refs import LATEST, validate_alias, validate_tag
+
+if TYPE_CHECKING:
+    from ._manifest import Manifest
+    from ._shelf import Shelf
+
+
+class FileInfo(NamedTuple):
+    """Size and digest of one file of a version (``uri`` set for a reference)."""
+
+    size: int
+    digest: str | None
+    uri: str | None = None
+
+
+class AliasEvent(NamedTuple):
+    """One move of an alias: it pointed to ``version`` (None: removed) from ``at`` on."""
+
+    alias: str
+    version: int | None
+    at: _dt.datetime
+    run_id: str | None
+    previous: int | None = None
+
+
+class ArtifactVersion:
+    """One committed version of an artifact, such as ``digits-cnn:v3``.
+
+    Content (files, digest, size, type, created_at) never changes. Aliases, tags, description
+    and metadata can be changed with the methods below; each change is recorded on the shelf
+    at once and reflected on this object.
+    """
+
+    def __init__(
+        self,
+        shelf: Shelf,
+        record: dict[str, Any],
+        state: dict[str, Any],
+        aliases: list[str],
+    ) -> None:
+        self._shelf = shelf
+        self._record = record
+        self.name: str = record["name"]
+        self.version: int = int(record["version"])
+        self.type: str = record["type"]
+        self.digest: str = record["digest"]
+        self.size: int = int(record["size"])
+        self.created_at: _dt.datetime = parse_time(record["created_at"])
+        self.run_id: str | None = record.get("run_id")
+        self.aliases: list[str] = aliases
+        self._apply_state(state)
+        self._manifest: Manifest | None = None
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        self.tags: list[str] = list(state.get("tags", []))
+        self.description: str | None = state.get("description")
+        self.metadata: dict[str, Any] = dict(state.get("metadata", {}))
+
+    @property
+    def ref(self) -> str:
+        """The exact reference of this version, e.g. ``"digits-cnn:v3"``."""
+        return f"{self.name}:v{self.version}"
+
+    @property
+    def shelf(self) -> Shelf:
+        return self._shelf
+
+    def __repr__(self) -> str:
+        aliases = f" aliases={self.aliases}" if self.aliases else ""
+        return f"<ArtifactVersion {self.ref} type={self.type!r} size={self.size}{aliases}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ArtifactVersion):
+            return NotImplemented
+        return (self._shelf.url, self.ref) == (other._shelf.url, other.ref)
+
+    def __hash__(self) -> int:
+        return hash((self._shelf.url, self.ref))
+
+    # -- content -------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = self._shelf._load_manifest(self._record["manifest"])
+        return self._manifest
+
+    @property
+    def files(self) -> dict[str, FileInfo]:
+        """Every file of the version: path -> (size, digest[, uri])."""
+        return {
+            path: FileInfo(e.size, e.digest, e.ref["uri"] if e.ref else None)
+            for path, e in self.manifest.files.items()
+        }
+
+    def download(self, root: str | Path | None = None, *, verify: bool = True) -> Path:
+        """Return a local folder holding the version's files.
+
+        Without ``root`` the files land in the local cache (shared with other versions that
+        hold the same bytes); with ``root`` they are copied there. With ``verify`` every file
+        is checked against its digest, even if it was already cached.
+
+        Raises:
+            IntegrityError: a file does not match its digest, a reference changed, or a
+                manifest path would escape the folder.
+        """
+        from ._cache import download
+
+        return download(self, None if root is None else Path(root), verify=verify)
+
+    def path(self, file: str) -> Path:
+        """Return a local path to one file of the version (fetched and checked if needed)."""
+        from ._cache import download_file
+
+        if file not in self.manifest.files:
+            known = sorted(self.manifest.files)
+            raise NotFoundError(
+                f"{self.ref} has no file {file!r}; it holds: {', '.join(known[:20])}"
+                + (f" and {len(known) - 20} more" if len(known) > 20 else ""),
+                ref=self.ref,
+            )
+        return download_file(self, file)
+
+    def verify(self) -> None:
+        """Check every stored byte (and every reference) against its digest.
+
+        Raises:
+            IntegrityError: naming every file that is missing, corrupted or changed.
+        """
+        from ._cache import verify_on_shelf
+
+        verify_on_shelf(self)
+
+    # -- labels --------------------------------------------------------------------------
+    def set_alias(self, alias: str, *, run: Any = None) -> ArtifactVersion:
+        """Point ``alias`` at this version (moving it from another version if needed)."""
+        validate_alias(alias)
+        self._shelf._move_aliases(self.name, {alias: self.version}, run=run)
+        if alias not in self.aliases:
+            self.aliases = sorted([*self.aliases, alias])
+        return self
+
+    def remove_alias(self, alias: str, *, run: Any = None) -> ArtifactVersion:
+        """Remove ``alias`` from this version."""
+        validate_alias(alias)
+        self._shelf._remove_alias(self.name, alias, self.version, run=run)
+        self.aliases = [a for a in self.aliases if a != alias]
+        return self
+
+    def add_tags(self, *tags: str) -> ArtifactVersion:
+        """Add tags (free-form labels; unlike aliases, many versions can share one)."""
+        for tag in tags:
+            validate_tag(tag)
+
+        def change(state: dict[str, Any]) -> None:
+            state["tags"] = sorted(set(state.get("tags", [])) | set(tags))
+
+        self._apply_state(self._shelf._update_state(self.name, self.version, change))
+        return self
+
+    def remove_tags(self, *tags: str) -> ArtifactVersion:
+        """Remove tags; tags the version does not have are ignored."""
+        for tag in tags:
+            validate_tag(tag)
+
+        def change(state: dict[str, Any]) -> None:
+            state["tags"] = sorted(set(state.get("tags", [])) - set(tags))
+
+        self._apply_state(self._shelf._update_state(self.name, self.version, change))
+        return self
+
+    def set_description(self, text: str | None) -> ArtifactVersion:
+        """Replace the version's description."""
+        if text is not None and not isinstance(text, str):
+            from ._errors import InvalidMetadataError
+
+            raise InvalidMetadataError(
+                f"A description is a string or None, not {text.__class__.__name__}.", value=text
+            )
+
+        def change(state: dict[str, Any]) -> None:
+            state["description"] = text
+
+        self._apply_state(self._shelf._update_state(self.name, self.version, change))
+        return self
+
+    def update_metadata(self, metadata: dict[str, Any]) -> ArtifactVersion:
+        """Merge ``metadata`` into the version's metadata (top-level keys are replaced)."""
+        cleaned = clean_metadata(metadata)
+
+        def change(state: dict[str, Any]) -> None:
+            state["metadata"] = {**state.get("metadata", {}), **cleaned}
+
+        self._apply_state(self._shelf._update_state(self.name, self.version, change))
+        return self
+
+    @property
+    def is_latest(self) -> bool:
+        return LATEST in self.aliases
