@@ -79,7 +79,9 @@ class Artifact:
                 "another path."
             )
         prefix = name + "/"
-        clash = next((p for p in self._entries if p.startswith(prefix) or name.startswith(p + "/")), None)
+        clash = next(
+            (p for p in self._entries if p.startswith(prefix) or name.startswith(p + "/")), None
+        )
         if clash is not None:
             raise ConflictError(
                 f"Cannot add {name!r}: {clash!r} is already in {self!r}, and a path cannot be "

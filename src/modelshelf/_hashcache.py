@@ -108,4 +108,3 @@ def forget(path: str | os.PathLike[str]) -> None:
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("DELETE FROM hashes WHERE path=?", (os.path.realpath(path),))
-

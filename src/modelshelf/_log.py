@@ -11,6 +11,7 @@ only costs a few more probes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -65,7 +66,7 @@ class SeqLog:
 
     def _write_hint(self, n: int) -> None:
         if self.hint:
-            self.storage.replace(f"{self.prefix}/HEAD", str(n).encode())
+            self.storage.replace(f"{self.prefix}/HEAD", str(n).encode(), durable=False)
 
     def head(self) -> tuple[int, Record | None]:
         """Return ``(n, record)`` of the newest record, or ``(-1, None)`` for an empty log."""
@@ -97,10 +98,8 @@ class SeqLog:
             else:
                 lo, known_rec = mid, rec
         if lo >= 0 and lo - max(start, 0) > 16:
-            try:
+            with contextlib.suppress(OSError):  # a read-only shelf: the hint only saves reads
                 self._write_hint(lo)
-            except OSError:
-                pass  # a read-only shelf: the hint is an optimisation only
         return lo, known_rec
 
     def append(self, make: Callable[[int, Record | None], Record | None]) -> tuple[int, Record]:
@@ -115,10 +114,8 @@ class SeqLog:
                 assert head is not None
                 return n, head
             if self.storage.create(self.key(n + 1), dumps(record)):
-                try:
+                with contextlib.suppress(OSError):
                     self._write_hint(n + 1)
-                except OSError:
-                    pass
                 return n + 1, record
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 50)))
         raise ConflictError(
@@ -128,7 +125,7 @@ class SeqLog:
 
     def all(self) -> list[tuple[int, Record]]:
         """Every record, oldest first (one listing plus concurrent reads)."""
-        keys = [k for k in self.storage.list(self.prefix) if k.endswith(".json")]
+        keys = [k for k in self.storage.find(self.prefix) if k.endswith(".json")]
         got = self.storage.read_many(keys)
         out = []
         for key in keys:

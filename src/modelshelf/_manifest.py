@@ -122,7 +122,7 @@ class Manifest:
 
     def blob_hexes(self) -> set[str]:
         """Every blob this manifest needs on the shelf."""
-        out = set()
+        out: set[str] = set()
         for e in self.files.values():
             if e.ref is not None:
                 continue

@@ -74,7 +74,7 @@ def scan(uri: str, name: str | None, checksum: bool) -> dict[str, FileEntry]:
         root = fs._strip_protocol(path).rstrip("/")
         out = {}
         for p, finfo in files:
-            rel = fs._strip_protocol(p)[len(root) + 1:]
+            rel = fs._strip_protocol(p)[len(root) + 1 :]
             out[f"{base_name}/{rel}"] = _entry(fs, p, fs.unstrip_protocol(p), finfo, checksum)
         return out
     return {base_name: _entry(fs, path, uri, info, checksum)}
@@ -105,7 +105,9 @@ def _entry(
     return FileEntry(size=int(size), digest=digest, ref=ref)
 
 
-def _current(relpath: str, entry: FileEntry) -> tuple[fsspec.AbstractFileSystem, str, dict[str, Any]]:
+def _current(
+    relpath: str, entry: FileEntry
+) -> tuple[fsspec.AbstractFileSystem, str, dict[str, Any]]:
     assert entry.ref is not None
     uri = entry.ref["uri"]
     fs, path = _fs(uri)

@@ -28,9 +28,7 @@ LATEST = "latest"
 def validate_name(name: object) -> str:
     """Return ``name`` if it is a valid artifact name, else raise InvalidReferenceError."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name.split("/"):
-        raise InvalidReferenceError(
-            f"Invalid artifact name {name!r}: {NAME_RULE}.", value=name
-        )
+        raise InvalidReferenceError(f"Invalid artifact name {name!r}: {NAME_RULE}.", value=name)
     return name
 
 
@@ -99,15 +97,15 @@ def parse_ref(ref: object) -> Ref:
     if match:
         if len(match.group(1)) > 1 and match.group(1).startswith("0"):
             raise InvalidReferenceError(
-                f"Invalid reference {ref!r}: write versions without leading zeros, "
-                f"e.g. '{name}:v{int(match.group(1))}'.",
+                f"Invalid reference {ref!r}: {REF_RULE}; write versions without leading "
+                f"zeros, e.g. '{name}:v{int(match.group(1))}'.",
                 value=ref,
             )
         return Ref(name, version=int(match.group(1)))
     if not _ALIAS_RE.fullmatch(selector):
         raise InvalidReferenceError(
-            f"Invalid reference {ref!r}: the selector {selector!r} is neither a version "
-            f"('v0', 'v1', ...) nor an alias; {ALIAS_RULE}.",
+            f"Invalid reference {ref!r}: {REF_RULE}; the selector {selector!r} is neither a "
+            f"version ('v0', 'v1', ...) nor an alias, and {ALIAS_RULE}.",
             value=ref,
         )
     return Ref(name, alias=selector)

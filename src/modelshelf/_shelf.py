@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -60,7 +61,10 @@ class Shelf:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str] | None = None, *, storage_options: dict[str, Any] | None = None
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         url = os.fspath(root) if root is not None else default_root()
         self._storage = Storage.open_url(url, storage_options)
@@ -177,7 +181,7 @@ class Shelf:
         finally:
             self._storage.delete(lease_key(lease))
         with contextlib.suppress(OSError):
-            self._storage.replace(digest_key(name, digest), str(version).encode())
+            self._storage.replace(digest_key(name, digest), str(version).encode(), durable=False)
         if aliases:
             self._move_aliases(name, dict.fromkeys(aliases, version), run=run)
         return self.get(f"{name}:v{version}")
@@ -217,14 +221,18 @@ class Shelf:
         return art
 
     def _claim_name(self, name: str, type: str) -> None:
-        record = {"name": name, "type": type, "created_at": isoformat(now())}
-        if not self._storage.create(info_key(name), dumps(record)):
-            existing = loads(self._storage.read(info_key(name)), name)
-            if existing["type"] != type:
-                raise ConflictError(
-                    f"{name!r} is an artifact of type {existing['type']!r}, not {type!r}. "
-                    f"Log it with type={existing['type']!r} or choose another name."
-                )
+        data = self._storage.try_read(info_key(name))
+        if data is None:
+            record = {"name": name, "type": type, "created_at": isoformat(now())}
+            if self._storage.create(info_key(name), dumps(record)):
+                return
+            data = self._storage.read(info_key(name))  # created by another writer meanwhile
+        existing = loads(data, name)
+        if existing["type"] != type:
+            raise ConflictError(
+                f"{name!r} is an artifact of type {existing['type']!r}, not {type!r}. "
+                f"Log it with type={existing['type']!r} or choose another name."
+            )
 
     def _store_files(self, artifact: Artifact, lease: str) -> Manifest:
         """Store every local file as a blob (skipping those already stored)."""
@@ -237,8 +245,12 @@ class Shelf:
             files[rel] = FileEntry(size=size, digest=f"sha256:{hexdigest}")
         manifest = Manifest(files)
         # A lease names the blobs about to be committed, so that gc leaves them alone.
-        lease_record = {"at": isoformat(now()), "by": writer_info(), "blobs": sorted(manifest.blob_hexes())}
-        self._storage.replace(lease_key(lease), dumps(lease_record))
+        lease_record = {
+            "at": isoformat(now()),
+            "by": writer_info(),
+            "blobs": sorted(manifest.blob_hexes()),
+        }
+        self._storage.replace(lease_key(lease), dumps(lease_record), durable=False)
         return manifest
 
     def _put_blob(self, item: LocalFile) -> tuple[str, int]:
@@ -251,7 +263,9 @@ class Shelf:
         hexdigest = self._storage.upload(item.path, blob_key, cached)
         after = os.stat(item.path)
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            raise ConflictError(f"{str(item.path)!r} changed while it was being stored; log it again.")
+            raise ConflictError(
+                f"{str(item.path)!r} changed while it was being stored; log it again."
+            )
         _hashcache.remember(item.path, hexdigest, st)
         return hexdigest, st.st_size
 
@@ -274,6 +288,7 @@ class Shelf:
             NotFoundError: no such artifact, version or alias (the message lists what exists).
         """
         parsed = parse_ref(ref)
+        self._info(create=False)
         aliases = self._alias_map(parsed.name)
         latest = self._latest(parsed.name)
         if latest is None:
@@ -303,7 +318,11 @@ class Shelf:
         return self._version(record, state, aliases, latest)
 
     def _version(
-        self, record: dict[str, Any], state: dict[str, Any], aliases: dict[str, int], latest: int | None
+        self,
+        record: dict[str, Any],
+        state: dict[str, Any],
+        aliases: dict[str, int],
+        latest: int | None,
     ) -> ArtifactVersion:
         n = int(record["version"])
         names = [a for a, v in aliases.items() if v == n]
@@ -325,6 +344,7 @@ class Shelf:
     def versions(self, name: str) -> list[ArtifactVersion]:
         """Every version of ``name`` that was not deleted, oldest first."""
         validate_name(name)
+        self._info(create=False)
         records = SeqLog(self._storage, versions_prefix(name)).all()
         if not records:
             raise self._missing_artifact(Ref(name))
@@ -337,17 +357,24 @@ class Shelf:
 
     def artifacts(self, type: str | None = None, project: str | None = None) -> list[str]:
         """Names of the artifacts on the shelf, sorted; optionally of one type or project."""
+        self._info(create=False)
         projects = self._storage.listdir("artifacts")
         if project is not None:
             validate_name(project)
             projects = [project] if project in projects else []
         names = [
-            name_from_prefix(p, base) for p in projects for base in self._storage.listdir(f"artifacts/{p}")
+            name_from_prefix(p, base)
+            for p in projects
+            for base in self._storage.listdir(f"artifacts/{p}")
         ]
         if type is None:
             return sorted(names)
         infos = self._storage.read_many([info_key(n) for n in names])
-        return sorted(n for n in names if info_key(n) in infos and loads(infos[info_key(n)], n).get("type") == type)
+        return sorted(
+            n
+            for n in names
+            if info_key(n) in infos and loads(infos[info_key(n)], n).get("type") == type
+        )
 
     def _latest(self, name: str) -> int | None:
         log = SeqLog(self._storage, versions_prefix(name))
@@ -368,7 +395,9 @@ class Shelf:
         except FileNotFoundError:
             from ._errors import IntegrityError
 
-            raise IntegrityError(f"The manifest {self._storage.describe(key)} is missing.") from None
+            raise IntegrityError(
+                f"The manifest {self._storage.describe(key)} is missing."
+            ) from None
         return Manifest.from_bytes(data, self._storage.describe(key))
 
     # -- mutable state: tags, description, metadata --------------------------------------
@@ -379,7 +408,7 @@ class Shelf:
     def _all_states(self, name: str) -> dict[int, dict[str, Any]]:
         prefix = state_prefix(name, 0).rsplit("/", 1)[0]
         latest: dict[int, str] = {}
-        for key in self._storage.list(prefix):
+        for key in self._storage.find(prefix):
             parts = key.split("/")
             latest[int(parts[-2])] = max(latest.get(int(parts[-2]), ""), key)
         got = self._storage.read_many(list(latest.values()))
@@ -393,7 +422,8 @@ class Shelf:
             raise NotFoundError(f"{name}:v{version} does not exist.", ref=f"{name}:v{version}")
 
         def make(_n: int, head: dict[str, Any] | None) -> dict[str, Any] | None:
-            state = json.loads(json.dumps(head if head is not None else _initial_state(record)))
+            base = head if head is not None else _initial_state(record)
+            state: dict[str, Any] = copy.deepcopy(base)
             if state.get("deleted"):
                 raise NotFoundError(f"{name}:v{version} was deleted.", ref=f"{name}:v{version}")
             before = json.dumps(state, sort_keys=True)
@@ -440,7 +470,9 @@ class Shelf:
                     current.pop(alias, None)
                 else:
                     current[alias] = target
-                events.append({"alias": alias, "from": previous, "to": target, "at": at, "run_id": run_id})
+                events.append(
+                    {"alias": alias, "from": previous, "to": target, "at": at, "run_id": run_id}
+                )
             if not events:
                 return None
             return {"aliases": current, "events": events, "by": writer_info()}
@@ -473,7 +505,9 @@ class Shelf:
             previous = None
             for _n, rec in SeqLog(self._storage, versions_prefix(name)).all():
                 n = int(rec["version"])
-                events.append(AliasEvent(LATEST, n, _parse(rec["created_at"]), rec.get("run_id"), previous))
+                events.append(
+                    AliasEvent(LATEST, n, _parse(rec["created_at"]), rec.get("run_id"), previous)
+                )
                 previous = n
         return sorted(events, key=lambda e: e.at)
 

@@ -85,7 +85,7 @@ class Storage:
     def open_url(url: str, storage_options: dict[str, Any] | None = None) -> Storage:
         """Return the Storage for a root URL or local path."""
         if "://" not in url or url.startswith("file://"):
-            path = url[len("file://"):] if url.startswith("file://") else url
+            path = url[len("file://") :] if url.startswith("file://") else url
             return LocalStorage(str(Path(path).expanduser().absolute()))
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return Storage(fs, path, url.rstrip("/"))
@@ -121,7 +121,7 @@ class Storage:
         paths = [self.path(k) for k in keys]
         got = self.fs.cat(paths, on_error="return")
         out: dict[str, bytes] = {}
-        for key, p in zip(keys, paths):
+        for key, p in zip(keys, paths, strict=True):
             value = got.get(p, got.get(self.fs._strip_protocol(p)))
             if isinstance(value, (bytes, bytearray)):
                 out[key] = bytes(value)
@@ -147,7 +147,7 @@ class Storage:
         except (NotImplementedError, AttributeError, KeyError):
             return None
 
-    def list(self, prefix: str) -> list[str]:
+    def find(self, prefix: str) -> list[str]:
         """Return every key under ``prefix`` (recursively), sorted."""
         base = self.path(prefix)
         self.fs.invalidate_cache(base)
@@ -160,7 +160,7 @@ class Storage:
         for p in found:
             p = self.fs._strip_protocol(p)
             if p.startswith(stripped_root + "/"):
-                out.append(p[len(stripped_root) + 1:])
+                out.append(p[len(stripped_root) + 1 :])
         return sorted(out)
 
     def listdir(self, prefix: str) -> list[str]:
@@ -197,8 +197,11 @@ class Storage:
             return False
         return True
 
-    def replace(self, key: str, data: bytes) -> None:
-        """Overwrite ``key`` with ``data``; readers see the old or the new bytes, whole."""
+    def replace(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Overwrite ``key`` with ``data``; readers see the old or the new bytes, whole.
+
+        ``durable=False`` skips the fsync on local disk, for hints that can be rebuilt.
+        """
         path = self.path(key)
         if self.object_store or self.is_memory:
             self.fs.pipe_file(path, data)
@@ -328,9 +331,9 @@ class LocalStorage(Storage):
     def modified(self, key: str) -> float | None:
         return (self.base / key).stat().st_mtime
 
-    def list(self, prefix: str) -> list[str]:
+    def find(self, prefix: str) -> list[str]:
         base = self.base / prefix if prefix else self.base
-        out = []
+        out: list[str] = []
         for dirpath, _dirs, files in os.walk(base):
             rel = Path(dirpath).relative_to(self.base).as_posix()
             out.extend(f"{rel}/{name}" if rel != "." else name for name in files)
@@ -342,12 +345,13 @@ class LocalStorage(Storage):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def _write_tmp(self, data: bytes) -> Path:
+    def _write_tmp(self, data: bytes, *, durable: bool = True) -> Path:
         tmp = self._tmp()
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         return tmp
 
     def create(self, key: str, data: bytes) -> bool:
@@ -364,10 +368,10 @@ class LocalStorage(Storage):
             tmp.unlink(missing_ok=True)
         return True
 
-    def replace(self, key: str, data: bytes) -> None:
+    def replace(self, key: str, data: bytes, *, durable: bool = True) -> None:
         final = self.base / key
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._write_tmp(data)
+        tmp = self._write_tmp(data, durable=durable)
         try:
             os.replace(tmp, final)
         finally:

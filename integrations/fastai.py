@@ -1,0 +1,10 @@
+"""The fastai adapter: ``ShelfCheckpoint`` (SPEC §5) lands here with its issue.
+
+Importing this module already checks that fastai is installed and names the extra otherwise.
+"""
+
+from __future__ import annotations
+
+from modelshelf._deps import require
+
+fastai = require("fastai", "modelshelf.integrations.fastai")

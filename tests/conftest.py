@@ -1,0 +1,134 @@
+"""Shared fixtures: an isolated cache, a real S3 API (moto's server), and one shelf per backend."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import modelshelf as ms
+
+BACKENDS = ["local", "memory", "s3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server in its own process on 127.0.0.1; s3fs reaches it through the env."""
+    pytest.importorskip("s3fs")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def new_bucket(endpoint: str) -> str:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(anon=False, skip_instance_cache=True)
+    bucket = f"shelf-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    return bucket
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own download cache and default shelf."""
+    monkeypatch.setenv("MODELSHELF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODELSHELF_ROOT", str(tmp_path / "default-shelf"))
+
+
+def make_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "local":
+        return str(tmp_path / "shelf")
+    if backend == "memory":
+        return f"memory://shelf-{uuid.uuid4().hex}"
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return f"s3://{new_bucket(endpoint)}/team/shelf"
+
+
+@pytest.fixture(params=BACKENDS)
+def shelf_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return make_url(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def shelf(shelf_url: str) -> ms.Shelf:
+    return ms.Shelf(shelf_url)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    """A folder of three files: two small, one of 3 MiB."""
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    (root / "config.json").write_text('{"lr": 0.1}')
+    (root / "sub" / "labels.txt").write_text("cat\ndog\n")
+    (root / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    return root
+
+
+def blob_keys(shelf: ms.Shelf) -> dict[str, int]:
+    """Every blob on the shelf and its size."""
+    storage = shelf._storage
+    return {k: storage.size(k) for k in storage.find("blobs")}
+
+
+def run_python(
+    code: str, *args: str, timeout: float = 300, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with this environment; fail loudly on error."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+        **kwargs,  # type: ignore[call-overload]
+    )
+    assert proc.returncode == 0, (
+        f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    )
+    return proc

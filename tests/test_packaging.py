@@ -1,0 +1,67 @@
+"""The distribution: a regular wheel maps integrations/ to modelshelf.integrations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_installs_core_and_integrations_in_a_clean_venv(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("modelshelf-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "modelshelf/py.typed" in names
+    assert {
+        "modelshelf/integrations/__init__.py",
+        "modelshelf/integrations/lightning.py",
+        "modelshelf/integrations/keras.py",
+        "modelshelf/integrations/fastai.py",
+    } <= set(names)
+    assert not any(n.startswith(("integrations/", "src/", "tests/")) for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True
+    )
+    # Run from an empty folder so nothing from the checkout can be imported by accident.
+    probe = (
+        "import modelshelf, modelshelf.integrations, sys\n"
+        "assert 'site-packages' in modelshelf.__file__, modelshelf.__file__\n"
+        "assert 'site-packages' in modelshelf.integrations.__file__\n"
+        "try:\n"
+        "    import modelshelf.integrations.lightning\n"
+        "except modelshelf.MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", probe], cwd=tmp_path, check=True, capture_output=True, text=True
+    )
+    assert 'pip install "modelshelf[lightning]"' in out.stdout
+
+
+def test_editable_install_maps_integrations_too() -> None:
+    import modelshelf.integrations
+
+    assert Path(modelshelf.integrations.__file__).parent == REPO / "integrations"
