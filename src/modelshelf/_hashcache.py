@@ -33,6 +33,7 @@ def _connect() -> sqlite3.Connection | None:
         db.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(key[0], timeout=30, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # a lost entry only costs a re-hash
         conn.execute(
             "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
             " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"

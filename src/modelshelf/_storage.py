@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import queue
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -292,6 +293,7 @@ class LocalStorage(Storage):
     def __init__(self, root: str) -> None:
         super().__init__(fsspec.filesystem("file"), root, root)
         self.base = Path(root)
+        self._made: set[Path] = set()
 
     def describe(self, key: str) -> str:
         return str(self.base / key)
@@ -384,22 +386,58 @@ class LocalStorage(Storage):
         for key in keys:
             self.delete(key)
 
+    def _mkdir(self, folder: Path) -> None:
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
+
     def upload(
         self, source: str | os.PathLike[str], key_for: Callable[[str], str], expected: str | None
     ) -> str:
+        # Small files: one read, hashed and written from memory. Large files: the kernel
+        # copies (copy_file_range/sendfile, no bytes through Python) while a second thread
+        # hashes the source; the caller compares the source's stat data before and after,
+        # so a file changed meanwhile is refused rather than stored under a wrong digest.
         tmp = self._tmp()
-        hasher = Hasher()
         try:
-            with open(tmp, "wb") as f:
-                digest = self._copy_into(source, f, hasher)
+            with open(source, "rb", buffering=0) as src:
+                head = src.read(CHUNK_SIZE + 1)
+                if len(head) <= CHUNK_SIZE:
+                    digest = hashlib.sha256(head).hexdigest()
+                    with open(tmp, "wb") as f:
+                        f.write(head)
+                else:
+                    digest = self._copy_and_hash(source, tmp)
             if expected is not None and digest != expected:
                 raise _ChangedWhileReading(source)
             final = self.base / key_for(digest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-        except BaseException:
-            hasher.abandon()
-            raise
+            self._mkdir(final.parent)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # the folder was removed since we made it
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
         return digest
+
+    @staticmethod
+    def _copy_and_hash(source: str | os.PathLike[str], tmp: Path) -> str:
+        result: list[str] = []
+        errors: list[BaseException] = []
+
+        def hash_it() -> None:
+            try:
+                result.append(sha256_file(source))
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=hash_it, daemon=True)
+        thread.start()
+        try:
+            shutil.copyfile(source, tmp)
+        finally:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return result[0]
