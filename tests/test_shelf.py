@@ -343,3 +343,31 @@ def test_default_shelf_and_module_helpers(files: Path, tmp_path: Path) -> None:
     v = ms.log_artifact(files, name="m", type="model", aliases=["best"])
     assert ms.get("m:best") == v
     assert ms.shelf().url == str(tmp_path / "default-shelf")
+
+
+def test_hostile_digests_and_records_are_refused(shelf: ms.Shelf, files: Path) -> None:
+    import json
+
+    from modelshelf._layout import manifest_key, versions_prefix
+    from modelshelf._log import SeqLog
+
+    good = shelf.log_artifact(files, name="m", type="model")
+    escape = "sha256:" + "../" * 8 + "etc/passwd"
+    body = {"format": 1, "files": {"x.bin": {"size": 1, "digest": escape}}}
+    data = json.dumps(body).encode()
+    import hashlib
+
+    hexdigest = hashlib.sha256(data).hexdigest()
+    shelf._storage.create(manifest_key(hexdigest), data)
+    log = SeqLog(shelf._storage, versions_prefix("m"))
+    log.append(lambda n, _h: {**good._record, "manifest": hexdigest, "version": n})
+    with pytest.raises(ms.IntegrityError, match="malformed digest"):
+        shelf.get("m:v1").download()
+    log.append(lambda n, _h: {**good._record, "name": "../../evil", "version": n})
+    with pytest.raises(ms.IntegrityError, match="tampered"):
+        shelf.get("m:v2")
+
+
+def test_latest_in_aliases_is_accepted_when_logging(shelf: ms.Shelf, files: Path) -> None:
+    v = shelf.log_artifact(files, name="m", type="model", aliases=["latest", "best"])
+    assert v.aliases == ["best", "latest"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,15 @@ from typing import Any
 from ._errors import IntegrityError, InvalidReferenceError
 
 MANIFEST_FORMAT = 1
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+HEX_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def check_digest(value: object, where: str) -> str:
+    """Return ``value`` if it is ``sha256:<64 hex>``; a digest also names files, so check it."""
+    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
+        raise IntegrityError(f"{where} has a malformed digest {value!r}; expected 'sha256:<hex>'.")
+    return value
 
 
 def blob_key(hexdigest: str) -> str:
@@ -95,14 +105,20 @@ class FileEntry:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileEntry:
-        chunks = tuple((str(c["digest"]), int(c["size"])) for c in data.get("chunks", ()))
-        return cls(
-            size=int(data["size"]),
-            digest=data.get("digest"),
-            chunks=chunks,
-            ref=data.get("ref"),
+    def from_json(cls, data: dict[str, Any], where: str) -> FileEntry:
+        chunks = tuple(
+            (check_digest(c["digest"], where), int(c["size"])) for c in data.get("chunks", ())
         )
+        ref = data.get("ref")
+        digest = data.get("digest")
+        if digest is not None or ref is None:
+            check_digest(digest, where)
+        if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("uri"), str)):
+            raise IntegrityError(f"{where} has a malformed reference {ref!r}.")
+        size = int(data["size"])
+        if size < 0:
+            raise IntegrityError(f"{where} has a negative size.")
+        return cls(size=size, digest=digest, chunks=chunks, ref=ref)
 
 
 @dataclass
@@ -148,7 +164,10 @@ class Manifest:
                     f"The manifest {where} uses format {body['format']}, newer than this "
                     f"modelshelf understands ({MANIFEST_FORMAT}). Upgrade modelshelf."
                 )
-            files = {str(p): FileEntry.from_json(e) for p, e in body["files"].items()}
+            files = {
+                str(p): FileEntry.from_json(e, f"The manifest {where}, file {p!r},")
+                for p, e in body["files"].items()
+            }
         except IntegrityError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from . import _hashcache
 from ._artifact import Artifact, LocalFile, validate_type
 from ._config import FORMAT_VERSION, default_root
-from ._errors import ConflictError, InvalidReferenceError, NotFoundError
+from ._errors import ConflictError, IntegrityError, InvalidReferenceError, NotFoundError
 from ._layout import (
     ROOT_RECORD,
     aliases_prefix,
@@ -34,9 +34,9 @@ from ._layout import (
     writer_info,
 )
 from ._log import SeqLog, dumps, loads
-from ._manifest import FileEntry, Manifest, blob_key
+from ._manifest import HEX_RE, FileEntry, Manifest, blob_key
 from ._refs import LATEST, Ref, parse_ref, validate_alias, validate_name, validate_tag
-from ._storage import Storage
+from ._storage import ChangedWhileReading, Storage
 from ._version import AliasEvent, ArtifactVersion
 
 logger = logging.getLogger("modelshelf")
@@ -132,7 +132,8 @@ class Shelf:
             ConflictError: the name exists with another type.
         """
         artifact = self._as_artifact(artifact_or_path, name, type)
-        aliases = [validate_alias(a) for a in aliases]
+        # 'latest' moves to every new version by itself; accept it here, as W&B users write it.
+        aliases = [validate_alias(a) for a in aliases if a != LATEST]
         tags = sorted({validate_tag(t) for t in tags})
         meta = {**artifact.metadata, **clean_metadata(metadata)}
         desc = description if description is not None else artifact.description
@@ -260,12 +261,16 @@ class Shelf:
             cached = _hashcache.file_digest(item.path)  # hash first: skip uploads of known bytes
         if cached is not None and self._storage.exists(blob_key(cached)):
             return cached, st.st_size
-        hexdigest = self._storage.upload(item.path, blob_key, cached)
+        changed = ConflictError(
+            f"{str(item.path)!r} changed while it was being stored; log it again."
+        )
+        try:
+            hexdigest = self._storage.upload(item.path, blob_key, cached)
+        except ChangedWhileReading:
+            raise changed from None
         after = os.stat(item.path)
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            raise ConflictError(
-                f"{str(item.path)!r} changed while it was being stored; log it again."
-            )
+            raise changed
         _hashcache.remember(item.path, hexdigest, st)
         return hexdigest, st.st_size
 
@@ -313,6 +318,13 @@ class Shelf:
             raise NotFoundError(
                 f"{parsed.name}:v{number} {gone}. The newest version of {parsed.name!r} is "
                 f"v{latest}; aliases: {', '.join(sorted({LATEST, *aliases}))}.",
+                ref=str(ref),
+            )
+        if record.get("name") != parsed.name or record.get("version") != number:
+            raise IntegrityError(
+                f"The commit record of {parsed.name}:v{number} names "
+                f"{record.get('name')!r} v{record.get('version')!r}; the shelf was edited by hand "
+                "or tampered with.",
                 ref=str(ref),
             )
         return self._version(record, state, aliases, latest)
@@ -389,12 +401,12 @@ class Shelf:
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - manifests are immutable
     def _load_manifest(self, hexdigest: str) -> Manifest:
+        if not HEX_RE.fullmatch(hexdigest):
+            raise IntegrityError(f"Malformed manifest digest {hexdigest!r} in a commit record.")
         key = manifest_key(hexdigest)
         try:
             data = self._storage.read(key)
         except FileNotFoundError:
-            from ._errors import IntegrityError
-
             raise IntegrityError(
                 f"The manifest {self._storage.describe(key)} is missing."
             ) from None

@@ -238,7 +238,7 @@ class Storage:
             try:
                 digest = self._copy_into(source, f, hasher)
                 if expected is not None and digest != expected:
-                    raise _ChangedWhileReading(source)
+                    raise ChangedWhileReading(source)
             except BaseException:
                 hasher.abandon()
                 _discard(f)
@@ -250,7 +250,7 @@ class Storage:
             with self.fs.open(self.path(tmp), "wb") as f:
                 digest = self._copy_into(source, f, hasher)
             if expected is not None and digest != expected:
-                raise _ChangedWhileReading(source)
+                raise ChangedWhileReading(source)
             self.fs.mv(self.path(tmp), self.path(key_for(digest)))
         except BaseException:
             hasher.abandon()
@@ -272,7 +272,7 @@ class Storage:
                 yield chunk
 
 
-class _ChangedWhileReading(OSError):
+class ChangedWhileReading(OSError):
     def __init__(self, source: str | os.PathLike[str]) -> None:
         super().__init__(f"{os.fspath(source)!r} changed while it was being stored; log it again")
 
@@ -409,7 +409,7 @@ class LocalStorage(Storage):
                 else:
                     digest = self._copy_and_hash(source, tmp)
             if expected is not None and digest != expected:
-                raise _ChangedWhileReading(source)
+                raise ChangedWhileReading(source)
             final = self.base / key_for(digest)
             self._mkdir(final.parent)
             try:
