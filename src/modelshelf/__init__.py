@@ -8,7 +8,8 @@ Example:
 
 from __future__ import annotations
 
-from ._api import get, log_artifact, shelf
+from . import cache
+from ._api import get, log_artifact, run, shelf
 from ._artifact import Artifact
 from ._errors import ConflictError
 from ._errors import IntegrityError
@@ -18,6 +19,10 @@ from ._errors import MissingDependencyError
 from ._errors import ModelshelfError
 from ._errors import NotFoundError
 from ._errors import UnsafeLoadError
+from ._cleanup import GcReport
+from ._diff import Diff
+from ._lineage import Lineage
+from ._runs import Run
 from ._shelf import Shelf
 from ._version import AliasEvent
 from ._version import ArtifactVersion
@@ -30,17 +35,23 @@ __all__ = [
     "Artifact",
     "ArtifactVersion",
     "ConflictError",
+    "Diff",
     "FileInfo",
+    "GcReport",
     "IntegrityError",
     "InvalidMetadataError",
     "InvalidReferenceError",
+    "Lineage",
     "MissingDependencyError",
     "ModelshelfError",
     "NotFoundError",
+    "Run",
     "Shelf",
     "UnsafeLoadError",
     "__version__",
+    "cache",
     "get",
     "log_artifact",
+    "run",
     "shelf",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._artifact import Artifact
 from ._config import default_root
+from ._runs import Run
 from ._shelf import Shelf
 from ._version import ArtifactVersion
 
@@ -37,3 +38,14 @@ def log_artifact(
 ) -> ArtifactVersion:
     """``shelf().log_artifact(...)``: log to the default shelf."""
     return shelf().log_artifact(artifact_or_path, name, type, **kwargs)
+
+
+def run(
+    name: str | None = None,
+    *,
+    job_type: str = "train",
+    config: dict[str, Any] | None = None,
+    project: str | None = None,
+) -> Run:
+    """``shelf().run(...)``: start a run on the default shelf."""
+    return shelf().run(name, job_type=job_type, config=config, project=project)

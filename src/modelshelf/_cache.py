@@ -29,8 +29,10 @@ from ._config import cache_dir
 from ._errors import IntegrityError
 from ._layout import artifact_prefix
 from ._manifest import FileEntry, blob_key, safe_join
+from ._progress import report
 
 if TYPE_CHECKING:
+    from ._storage import Storage
     from ._version import ArtifactVersion
 
 
@@ -76,6 +78,7 @@ def _fetch(version: ArtifactVersion, rel: str, entry: FileEntry) -> Path:
                 h.update(chunk)
                 size += len(chunk)
                 f.write(chunk)
+                report(len(chunk))
         hexdigest = h.hexdigest()
         if (entry.digest and entry.hex != hexdigest) or size != entry.size:
             raise IntegrityError(
@@ -158,6 +161,7 @@ def download(version: ArtifactVersion, root: Path | None, *, verify: bool) -> Pa
             ref=version.ref,
             files=bad,
         )
+    _hashcache.mark_used([e.hex for e in entries.values() if e.hex])
     return target
 
 
@@ -166,6 +170,8 @@ def download_file(version: ArtifactVersion, rel: str) -> Path:
     entry = version.manifest.files[rel]
     blob = _cached_blob(version, rel, entry, verify=True)
     _place(blob, dest, link=True)
+    if entry.hex:
+        _hashcache.mark_used([entry.hex])
     return dest
 
 
@@ -198,3 +204,28 @@ def verify_on_shelf(version: ArtifactVersion) -> None:
             ref=version.ref,
             files=bad,
         )
+
+
+def cached_blob_from(storage: Storage, hexdigest: str) -> Path:
+    """A verified local copy of one blob of ``storage`` (from the cache, or fetched into it)."""
+    dest = blob_path(hexdigest)
+    if dest.exists() and _hashcache.file_digest(dest) == hexdigest:
+        return dest
+    tmp = _tmp_path()
+    try:
+        h = hashlib.sha256()
+        with open(tmp, "wb") as f:
+            for chunk in storage.iter_chunks(blob_key(hexdigest)):
+                h.update(chunk)
+                f.write(chunk)
+        if h.hexdigest() != hexdigest:
+            raise IntegrityError(
+                f"The blob {storage.describe(blob_key(hexdigest))} is corrupted "
+                f"(its bytes hash to {h.hexdigest()})."
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -38,6 +38,7 @@ def _connect() -> sqlite3.Connection | None:
             "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
             " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
         )
+        conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
     except (OSError, sqlite3.Error):
         return None  # no writable cache: hash every time
     _CONNECTIONS[key] = conn
@@ -109,3 +110,26 @@ def forget(path: str | os.PathLike[str]) -> None:
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("DELETE FROM hashes WHERE path=?", (os.path.realpath(path),))
+
+
+def mark_used(digests: list[str]) -> None:
+    """Record that cached blobs were just used (for least-recently-used pruning)."""
+    at = time.time()
+    with _LOCK:
+        conn = _connect()
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO used VALUES (?, ?)", [(d, at) for d in digests]
+                )
+
+
+def last_used() -> dict[str, float]:
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return {}
+        try:
+            return {str(d): float(at) for d, at in conn.execute("SELECT digest, at FROM used")}
+        except sqlite3.Error:
+            return {}

@@ -16,7 +16,14 @@ from typing import Any
 
 from . import _hashcache
 from ._artifact import Artifact, LocalFile, validate_type
+from ._cleanup import DEFAULT_GRACE_SECONDS, GcReport, gc_head, settle_with_gc
+from ._cleanup import gc as run_gc
 from ._config import FORMAT_VERSION, default_root
+from ._copy import copy as copy_versions
+from ._diff import Diff
+from ._diff import best as pick_best
+from ._diff import compare as make_compare
+from ._diff import diff as make_diff
 from ._errors import ConflictError, IntegrityError, InvalidReferenceError, NotFoundError
 from ._layout import (
     ROOT_RECORD,
@@ -33,9 +40,12 @@ from ._layout import (
     versions_prefix,
     writer_info,
 )
+from ._lineage import Lineage
+from ._lineage import build as build_lineage
 from ._log import SeqLog, dumps, loads
 from ._manifest import HEX_RE, FileEntry, Manifest, blob_key
 from ._refs import LATEST, Ref, parse_ref, validate_alias, validate_name, validate_tag
+from ._runs import Run, list_runs, load_run, record_edge, start_run
 from ._storage import ChangedWhileReading, Storage
 from ._version import AliasEvent, ArtifactVersion
 
@@ -137,52 +147,75 @@ class Shelf:
         tags = sorted({validate_tag(t) for t in tags})
         meta = {**artifact.metadata, **clean_metadata(metadata)}
         desc = description if description is not None else artifact.description
-        run_id = _run_id(run)
-        name = artifact.name
+        _run_id(run)
 
         self._info(create=True)
-        self._claim_name(name, artifact.type)
+        self._claim_name(artifact.name, artifact.type)
+        gc_seen = gc_head(self._storage)  # before any blob is looked at: see _cleanup
+        manifest, sources = self._store_files(artifact)
+
+        def restore(hexdigest: str) -> None:
+            self._put_blob(LocalFile(sources[hexdigest]))
+
+        fields = {"description": desc, "metadata": meta, "tags": tags}
+        return self._commit(
+            artifact.name, artifact.type, manifest, fields,
+            aliases=aliases, run=run, gc_seen=gc_seen, restore=restore,
+        )  # fmt: skip
+
+    def _commit(
+        self,
+        name: str,
+        type: str,
+        manifest: Manifest,
+        fields: dict[str, Any],
+        *,
+        aliases: list[str],
+        run: Any,
+        gc_seen: int,
+        restore: Callable[[str], None],
+        created_at: str | None = None,
+    ) -> ArtifactVersion:
+        """Commit a version whose blobs are stored (steps 3-7 of docs/format.md)."""
+        digest = manifest.digest()
+        existing = self._find_identical(name, digest)
+        if existing is not None:
+            logger.warning(
+                "%s holds the same content as this log; no new version was created.", existing.ref
+            )
+            if fields.get("tags"):
+                existing.add_tags(*fields["tags"])
+            if aliases:
+                self._move_aliases(name, dict.fromkeys(aliases, existing.version), run=run)
+            return self.get(existing.ref)
         lease = uuid.uuid4().hex
+        blobs = manifest.blob_hexes()
+        lease_record = {"at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs)}
+        self._storage.replace(lease_key(lease), dumps(lease_record), durable=False)
         try:
-            manifest = self._store_files(artifact, lease)
-            digest = manifest.digest()
-            existing = self._find_identical(name, digest)
-            if existing is not None:
-                logger.warning(
-                    "%s holds the same content as this log; no new version was created.",
-                    existing.ref,
-                )
-                if tags:
-                    existing.add_tags(*tags)
-                if aliases:
-                    self._move_aliases(name, {a: existing.version for a in aliases}, run=run)
-                return self.get(existing.ref)
-            manifest_bytes = manifest.to_bytes()
+            settle_with_gc(self._storage, gc_seen, blobs, restore)
             manifest_hex = manifest.sha256()
-            self._storage.create(manifest_key(manifest_hex), manifest_bytes)
+            self._storage.create(manifest_key(manifest_hex), manifest.to_bytes())
             record = {
                 "name": name,
-                "type": artifact.type,
+                "type": type,
                 "digest": digest,
                 "manifest": manifest_hex,
                 "size": manifest.size,
                 "file_count": len(manifest.files),
-                "created_at": isoformat(now()),
+                "created_at": created_at or isoformat(now()),
                 "created_by": writer_info(),
-                "run_id": run_id,
-                "description": desc,
-                "metadata": meta,
-                "tags": tags,
+                "run_id": _run_id(run),
+                **fields,
             }
-
-            def make(n: int, _head: dict[str, Any] | None) -> dict[str, Any]:
-                return {**record, "version": n}
-
-            version, _ = SeqLog(self._storage, versions_prefix(name)).append(make)
+            log = SeqLog(self._storage, versions_prefix(name))
+            version, _ = log.append(lambda n, _head: {**record, "version": n})
         finally:
             self._storage.delete(lease_key(lease))
         with contextlib.suppress(OSError):
             self._storage.replace(digest_key(name, digest), str(version).encode(), durable=False)
+        if record["run_id"] is not None:
+            record_edge(self._storage, record["run_id"], "outputs", name, version)
         if aliases:
             self._move_aliases(name, dict.fromkeys(aliases, version), run=run)
         return self.get(f"{name}:v{version}")
@@ -235,24 +268,21 @@ class Shelf:
                 f"Log it with type={existing['type']!r} or choose another name."
             )
 
-    def _store_files(self, artifact: Artifact, lease: str) -> Manifest:
-        """Store every local file as a blob (skipping those already stored)."""
+    def _store_files(self, artifact: Artifact) -> tuple[Manifest, dict[str, Path]]:
+        """Store every local file as a blob (skipping those already stored).
+
+        Returns the manifest and, for each blob, a local file holding its bytes.
+        """
         files: dict[str, FileEntry] = {}
+        sources: dict[str, Path] = {}
         for rel, item in sorted(artifact.entries().items()):
             if isinstance(item, FileEntry):
                 files[rel] = item
                 continue
             hexdigest, size = self._put_blob(item)
             files[rel] = FileEntry(size=size, digest=f"sha256:{hexdigest}")
-        manifest = Manifest(files)
-        # A lease names the blobs about to be committed, so that gc leaves them alone.
-        lease_record = {
-            "at": isoformat(now()),
-            "by": writer_info(),
-            "blobs": sorted(manifest.blob_hexes()),
-        }
-        self._storage.replace(lease_key(lease), dumps(lease_record), durable=False)
-        return manifest
+            sources[hexdigest] = item.path
+        return Manifest(files), sources
 
     def _put_blob(self, item: LocalFile) -> tuple[str, int]:
         st = os.stat(item.path)
@@ -297,6 +327,13 @@ class Shelf:
         aliases = self._alias_map(parsed.name)
         latest = self._latest(parsed.name)
         if latest is None:
+            head, _ = SeqLog(self._storage, versions_prefix(parsed.name)).head()
+            if head >= 0:
+                raise NotFoundError(
+                    f"Every version of {parsed.name!r} (v0 to v{head}) was deleted; log a new "
+                    "one to use the name again.",
+                    ref=str(ref),
+                )
             raise self._missing_artifact(parsed)
         if parsed.version is not None:
             number = parsed.version
@@ -522,6 +559,109 @@ class Shelf:
                 )
                 previous = n
         return sorted(events, key=lambda e: e.at)
+
+    # -- runs and lineage ----------------------------------------------------------------
+    def run(
+        self,
+        name: str | None = None,
+        *,
+        job_type: str = "train",
+        config: dict[str, Any] | None = None,
+        project: str | None = None,
+    ) -> Run:
+        """Start a run; use it as ``with shelf.run(...) as run:``.
+
+        An exception inside the ``with`` marks the run ``failed``; a process that dies
+        without finishing shows as ``crashed``.
+        """
+        return start_run(self, name, job_type, config, project)
+
+    def runs(
+        self, *, job_type: str | None = None, status: str | None = None, project: str | None = None
+    ) -> list[Run]:
+        """The runs on the shelf, oldest first, optionally filtered."""
+        return list_runs(self, job_type, status, project)
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id. Raises NotFoundError listing recent runs."""
+        return load_run(self, run_id)
+
+    def lineage(self, ref: str, *, direction: str = "both", depth: int | None = None) -> Lineage:
+        """The runs and versions upstream (what made it) and/or downstream (what used it)."""
+        return build_lineage(self, ref, direction, depth)
+
+    # -- comparing -----------------------------------------------------------------------
+    def diff(self, a: str, b: str) -> Diff:
+        """Files, metadata, config, metrics and tensors that differ from ``a`` to ``b``."""
+        return make_diff(self, a, b)
+
+    def compare(
+        self, refs_or_name: str | list[str], metrics: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per version (ref, aliases, created, metrics, config that varies)."""
+        return make_compare(self, refs_or_name, metrics)
+
+    def best(self, name: str, metric: str, mode: str = "min") -> ArtifactVersion:
+        """The version of ``name`` with the lowest (``min``) or highest (``max``) ``metric``."""
+        return pick_best(self, name, metric, mode)
+
+    # -- clean-up ------------------------------------------------------------------------
+    def delete(self, ref: str, *, force: bool = False) -> ArtifactVersion:
+        """Delete one version; it disappears from every listing, and gc frees its bytes.
+
+        Version numbers are never reused. ``latest`` moves back by itself; a version with other
+        aliases is refused unless ``force=True``, which removes them.
+        """
+        version = self.get(ref)
+        held = [a for a in version.aliases if a != LATEST]
+        if held and not force:
+            raise ConflictError(
+                f"{version.ref} has the aliases {', '.join(held)}; move them first or pass "
+                "force=True to remove them with the version."
+            )
+        if held:
+            self._move_aliases(version.name, dict.fromkeys(held))
+
+        def change(state: dict[str, Any]) -> None:
+            state["deleted"] = True
+
+        self._update_state(version.name, version.version, change)
+        return version
+
+    def prune(
+        self, name: str, *, keep_last: int, keep_aliased: bool = True, dry_run: bool = False
+    ) -> list[ArtifactVersion]:
+        """Delete all but the newest ``keep_last`` versions (and, by default, aliased ones).
+
+        Returns the versions deleted (or, with ``dry_run``, that would be).
+        """
+        if not isinstance(keep_last, int) or keep_last < 0:
+            raise InvalidReferenceError(f"keep_last must be an int >= 0, not {keep_last!r}.")
+        versions = self.versions(name)
+        old = versions[: max(len(versions) - keep_last, 0)]
+        doomed = [v for v in old if not (keep_aliased and set(v.aliases) - {LATEST})]
+        if not dry_run:
+            for v in doomed:
+                self.delete(v.ref, force=True)
+        return doomed
+
+    def gc(self, *, dry_run: bool = False, grace_period: float = DEFAULT_GRACE_SECONDS) -> GcReport:
+        """Free the blobs and manifests that no version needs.
+
+        Blobs held by a writer in flight, or younger than ``grace_period`` seconds, are kept.
+        """
+        return run_gc(self, dry_run=dry_run, grace_period=grace_period)
+
+    def copy(
+        self, ref: str, to: Shelf | str | os.PathLike[str], *, aliases: bool = False
+    ) -> list[ArtifactVersion]:
+        """Copy a version (``name:v3``) or every version (``name``) to another shelf.
+
+        Metadata, tags, description and the run that logged each version travel along, and
+        with ``aliases=True`` its aliases; only blobs the target lacks are sent.
+        """
+        target = to if isinstance(to, Shelf) else Shelf(to)
+        return copy_versions(self, ref, target, aliases=aliases)
 
 
 def _initial_state(record: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ streaming upload of a file whose bytes are hashed on the way.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import os
 import queue
@@ -22,6 +23,7 @@ from typing import IO, Any
 import fsspec
 
 from ._config import CHUNK_SIZE
+from ._progress import report
 
 # Filesystems whose object writes become visible whole, or not at all, when the upload completes.
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
@@ -164,6 +166,22 @@ class Storage:
                 out.append(p[len(stripped_root) + 1 :])
         return sorted(out)
 
+    def find_detailed(self, prefix: str) -> dict[str, tuple[int, _dt.datetime | None]]:
+        """Every key under ``prefix`` with its size and last-modified time (when known)."""
+        base = self.path(prefix)
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        stripped_root = self.fs._strip_protocol(self.root).rstrip("/")
+        out = {}
+        for p, info in found.items():
+            p = self.fs._strip_protocol(p)
+            if p.startswith(stripped_root + "/"):
+                out[p[len(stripped_root) + 1 :]] = (int(info.get("size") or 0), _mtime(info))
+        return out
+
     def listdir(self, prefix: str) -> list[str]:
         """Return the names directly under ``prefix`` (files and folders), sorted."""
         base = self.path(prefix)
@@ -264,12 +282,27 @@ class Storage:
             while chunk := src.read(CHUNK_SIZE):
                 hasher.update(chunk)
                 f.write(chunk)
+                report(len(chunk))
         return hasher.hexdigest()
 
     def iter_chunks(self, key: str) -> Iterator[bytes]:
         with self.open_read(key) as f:
             while chunk := f.read(CHUNK_SIZE):
                 yield chunk
+
+
+def _mtime(info: dict[str, Any]) -> _dt.datetime | None:
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, _dt.datetime):
+            return value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+        if isinstance(value, (int, float)):
+            return _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
+    return None
 
 
 class ChangedWhileReading(OSError):
@@ -341,6 +374,14 @@ class LocalStorage(Storage):
             out.extend(f"{rel}/{name}" if rel != "." else name for name in files)
         return sorted(out)
 
+    def find_detailed(self, prefix: str) -> dict[str, tuple[int, _dt.datetime | None]]:
+        out: dict[str, tuple[int, _dt.datetime | None]] = {}
+        for key in self.find(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                st = (self.base / key).stat()
+                out[key] = (st.st_size, _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc))
+        return out
+
     def listdir(self, prefix: str) -> list[str]:
         try:
             return sorted(os.listdir(self.base / prefix))
@@ -406,8 +447,10 @@ class LocalStorage(Storage):
                     digest = hashlib.sha256(head).hexdigest()
                     with open(tmp, "wb") as f:
                         f.write(head)
+                    report(len(head))
                 else:
                     digest = self._copy_and_hash(source, tmp)
+                    report(os.path.getsize(tmp))
             if expected is not None and digest != expected:
                 raise ChangedWhileReading(source)
             final = self.base / key_for(digest)

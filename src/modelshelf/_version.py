@@ -12,6 +12,7 @@ from ._refs import LATEST, validate_alias, validate_tag
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
+    from ._runs import Run
     from ._shelf import Shelf
 
 
@@ -202,6 +203,49 @@ class ArtifactVersion:
 
         self._apply_state(self._shelf._update_state(self.name, self.version, change))
         return self
+
+    # -- lineage -------------------------------------------------------------------------
+    def logged_by(self) -> Run | None:
+        """The run that logged this version, or None."""
+        if self.run_id is None:
+            return None
+        from ._runs import load_run
+
+        try:
+            return load_run(self._shelf, self.run_id)
+        except NotFoundError:
+            return None  # logged with a run id whose run record is not on this shelf
+
+    def used_by(self) -> list[Run]:
+        """The runs that used this version as an input, oldest first."""
+        from ._layout import artifact_prefix
+        from ._runs import load_run
+
+        prefix = f"{artifact_prefix(self.name)}/used_by/{self.version:012d}"
+        runs = []
+        for entry in self._shelf._storage.listdir(prefix):
+            try:
+                runs.append(load_run(self._shelf, entry.removesuffix(".json")))
+            except NotFoundError:
+                continue
+        return sorted(runs, key=lambda r: (r.started_at, r.id))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (used by the CLI's ``--json``)."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "type": self.type,
+            "aliases": self.aliases,
+            "tags": self.tags,
+            "description": self.description,
+            "metadata": self.metadata,
+            "created_at": self.created_at.isoformat(),
+            "digest": self.digest,
+            "size": self.size,
+            "run_id": self.run_id,
+        }
 
     @property
     def is_latest(self) -> bool:
