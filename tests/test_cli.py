@@ -1,0 +1,142 @@
+"""The modelshelf command, through real subprocesses: tables, --json, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import modelshelf as ms
+
+EXE = shutil.which("modelshelf", path=str(Path(sys.executable).parent)) or "modelshelf"
+
+
+def cli(*args: str, shelf: Path | str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [EXE, "--shelf", str(shelf), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    if check is not None:
+        assert proc.returncode == check, (args, proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> Path:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    f = tmp_path / "m.txt"
+    for i in range(3):
+        f.write_text(f"model {i}")
+        with shelf.run(config={"lr": 10.0**-i}) as run:
+            run.log({"val_loss": 1.0 / (i + 1)})
+            run.log_artifact(f, name="cnn", type="model", metadata={"epoch": i})
+    return tmp_path / "shelf"
+
+
+def test_read_commands_json(populated: Path, tmp_path: Path) -> None:
+    assert [r["name"] for r in json.loads(cli("ls", "--json", shelf=populated).stdout)] == ["cnn"]
+    versions = json.loads(cli("ls", "cnn", "--json", shelf=populated).stdout)
+    assert [v["ref"] for v in versions] == ["cnn:v0", "cnn:v1", "cnn:v2"]
+    shown = json.loads(cli("show", "cnn:v1", "--json", shelf=populated).stdout)
+    assert shown["metadata"] == {"epoch": 1} and shown["files"]["m.txt"]["size"] == 7
+    diff = json.loads(cli("diff", "cnn:v0", "cnn:v2", "--json", shelf=populated).stdout)
+    assert diff["metadata"] == {"epoch": [0, 2]} and diff["config"]["lr"] == [1.0, 0.01]
+    rows = json.loads(
+        cli("compare", "cnn", "--metric", "val_loss", "--json", shelf=populated).stdout
+    )
+    assert [r["metrics"]["val_loss"] for r in rows] == [1.0, 0.5, pytest.approx(1 / 3)]
+    runs = json.loads(cli("runs", "--json", shelf=populated).stdout)
+    assert [r["status"] for r in runs] == ["finished"] * 3
+    graph = json.loads(cli("lineage", "cnn:v1", "--json", shelf=populated).stdout)
+    assert {n["kind"] for n in graph["nodes"]} == {"version", "run"}
+    assert cli("lineage", "cnn:v1", "--format", "mermaid", shelf=populated).stdout.startswith(
+        "graph LR"
+    )
+    assert "digraph" in cli("lineage", "cnn:v1", "--format", "dot", shelf=populated).stdout
+    checks = json.loads(cli("verify", "--json", shelf=populated).stdout)
+    assert [c["ok"] for c in checks] == [True] * 3
+
+
+def test_tables_for_people(populated: Path) -> None:
+    table = cli("ls", "cnn", shelf=populated).stdout
+    assert "cnn:v2" in table and "latest" in table
+    assert "val_loss" in cli("compare", "cnn", shelf=populated).stdout
+    assert "diff cnn:v0 -> cnn:v1" in cli("diff", "cnn:v0", "cnn:v1", shelf=populated).stdout
+
+
+def test_write_commands(populated: Path, tmp_path: Path) -> None:
+    cli("alias", "cnn:v1", "best", shelf=populated)
+    cli("tag", "cnn:best", "reviewed", "good", shelf=populated)
+    shelf = ms.Shelf(populated)
+    assert shelf.get("cnn:best").version == 1 and shelf.get("cnn:v1").tags == ["good", "reviewed"]
+    cli("unalias", "cnn:v1", "best", shelf=populated)
+    assert "best" not in shelf.get("cnn:v1").aliases
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("x\n1\n")
+    logged = json.loads(
+        cli("log", str(data), "--name", "digits", "--type", "dataset", "--alias", "train",
+            "--metadata", '{"rows": 1}', "--json", shelf=populated).stdout
+    )  # fmt: skip
+    assert logged["ref"] == "digits:v0" and logged["aliases"] == ["latest", "train"]
+    folder = Path(
+        cli("download", "digits:train", "-o", str(tmp_path / "out"), shelf=populated).stdout.strip()
+    )
+    assert (folder / "a.csv").read_text() == "x\n1\n"
+
+    cli("rm", "cnn:v0", shelf=populated)
+    pruned = json.loads(cli("prune", "cnn", "--keep-last", "1", "--json", shelf=populated).stdout)
+    assert pruned["deleted"] == ["cnn:v1"]
+    report = json.loads(cli("gc", "--grace", "0", "--json", shelf=populated).stdout)
+    assert report["blobs"] == 2
+    target = tmp_path / "other"
+    copied = json.loads(
+        cli("copy", "digits", "--to", str(target), "--aliases", "--json", shelf=populated).stdout
+    )
+    assert copied[0]["aliases"] == ["latest", "train"]
+    info = json.loads(cli("cache", "info", "--json", shelf=populated).stdout)
+    assert info["blobs"] >= 1
+    assert "freed" in cli("cache", "prune", "--max-bytes", "0", shelf=populated).stdout
+    assert json.loads(cli("cache", "info", "--json", shelf=populated).stdout)["bytes"] == 0
+
+
+def test_errors_are_one_line_with_status_1(populated: Path) -> None:
+    for args, expected in [
+        (("show", "cnn:bad alias"), "Invalid reference 'cnn:bad alias'"),
+        (("show", "nope"), "No artifact named 'nope'"),
+        (("show", "cnn:prod"), "has no alias 'prod'"),
+        (("rm", "cnn:v9"), "v9 does not exist"),
+        (("alias", "cnn:v1", "v7"), "Invalid alias 'v7'"),
+    ]:
+        proc = cli(*args, shelf=populated, check=1)
+        assert proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    debug = subprocess.run(
+        [EXE, "--shelf", str(populated), "--debug", "show", "nope"], capture_output=True, text=True
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_usage_errors_exit_2(populated: Path) -> None:
+    assert cli("frobnicate", shelf=populated, check=2).returncode == 2
+    assert cli("prune", "cnn", shelf=populated, check=2).returncode == 2  # --keep-last missing
+    assert cli("lineage", "cnn", "--format", "png", shelf=populated, check=2).returncode == 2
+
+
+def test_verify_exits_1_on_corruption(populated: Path) -> None:
+    shelf = ms.Shelf(populated)
+    digest = shelf.get("cnn:v1").files["m.txt"].digest
+    assert digest is not None
+    blob = populated / "blobs" / "sha256" / digest[7:9] / digest[7:]
+    blob.write_text("tampered")
+    proc = cli("verify", shelf=populated, check=1)
+    assert "BAD cnn:v1" in proc.stdout and "2 ok, 1 bad" in proc.stdout
