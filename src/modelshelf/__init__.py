@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 from . import cache
-from ._api import get, log_artifact, run, shelf
+from ._api import get, load_model, log_artifact, log_model, run, shelf
 from ._artifact import Artifact
 from ._errors import ConflictError
 from ._errors import IntegrityError
@@ -19,6 +19,7 @@ from ._errors import MissingDependencyError
 from ._errors import ModelshelfError
 from ._errors import NotFoundError
 from ._errors import UnsafeLoadError
+from ._errors import UnsupportedModelError
 from ._cleanup import GcReport
 from ._diff import Diff
 from ._lineage import Lineage
@@ -48,10 +49,13 @@ __all__ = [
     "Run",
     "Shelf",
     "UnsafeLoadError",
+    "UnsupportedModelError",
     "__version__",
     "cache",
     "get",
+    "load_model",
     "log_artifact",
+    "log_model",
     "run",
     "shelf",
 ]

@@ -49,3 +49,41 @@ def run(
 ) -> Run:
     """``shelf().run(...)``: start a run on the default shelf."""
     return shelf().run(name, job_type=job_type, config=config, project=project)
+
+
+def log_model(model: Any, name: str | None = None, **kwargs: Any) -> ArtifactVersion:
+    """``shelf().log_model(...)``: log a model to the default shelf."""
+    return shelf().log_model(model, name, **kwargs)
+
+
+def load_model(
+    ref: str,
+    *,
+    shelf: Shelf | str | None = None,
+    model: Any = None,
+    map_location: Any = "cpu",
+    allow_pickle: bool = False,
+) -> Any:
+    """Return the model ``ref`` names, ready for inference, on any machine.
+
+    Args:
+        ref: ``name``, ``name:vN`` or ``name:alias``.
+        shelf: a Shelf or its URL (default: the default shelf).
+        model: load the weights into this model (strictly) instead of rebuilding it.
+        map_location: the torch device to load tensors onto.
+        allow_pickle: allow unpickling (a fastai export, a ``torch.save`` file). Only for
+            files from someone you trust: unpickling can run arbitrary code.
+
+    Returns:
+        A ``LightningModule`` / ``nn.Module`` in eval mode, a ``keras.Model``, or, for fastai,
+        the rebuilt model (a ``Learner`` with ``allow_pickle=True`` and an export).
+
+    Raises:
+        UnsafeLoadError: a file is a pickle and ``allow_pickle`` is False.
+        UnsupportedModelError: the version cannot be rebuilt; the message says what to do.
+    """
+    target = shelf if isinstance(shelf, Shelf) else (Shelf(shelf) if shelf else _shelf_default())
+    return target.load_model(ref, model=model, map_location=map_location, allow_pickle=allow_pickle)
+
+
+_shelf_default = shelf

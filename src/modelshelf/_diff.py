@@ -161,14 +161,18 @@ def metrics_of(version: ArtifactVersion) -> dict[str, Any]:
     run = version.logged_by()
     if run is not None:
         out.update({k: v for k, v in flatten(run.summary).items() if _num(v)})
-    meta = flatten(version.metadata)
-    out.update({k.removeprefix("metrics."): v for k, v in meta.items() if _num(v)})
+    # "model" (what log_model records) and "config" are descriptions, not metrics.
+    meta = {k: v for k, v in version.metadata.items() if k not in ("model", "config")}
+    out.update({k.removeprefix("metrics."): v for k, v in flatten(meta).items() if _num(v)})
     return out
 
 
 def config_of(version: ArtifactVersion) -> dict[str, Any]:
+    """The logging run's config, overlaid with the ``config=`` given to log_model."""
     run = version.logged_by()
-    return dict(run.config) if run is not None else {}
+    config = dict(run.config) if run is not None else {}
+    extra = version.metadata.get("config")
+    return {**config, **extra} if isinstance(extra, dict) else config
 
 
 # -- safetensors, read lazily ---------------------------------------------------------------

@@ -52,6 +52,10 @@ class UnsafeLoadError(ModelshelfError):
         self.path = path
 
 
+class UnsupportedModelError(ModelshelfError, TypeError):
+    """A model (or a version) that modelshelf cannot log or rebuild; the message says why."""
+
+
 class MissingDependencyError(ModelshelfError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

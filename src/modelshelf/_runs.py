@@ -345,6 +345,12 @@ class Run:
         kwargs["run"] = self
         return self._shelf.log_artifact(*args, **kwargs)
 
+    def log_model(self, *args: Any, **kwargs: Any) -> ArtifactVersion:
+        """``shelf.log_model(..., run=this run)``: the model version becomes an output."""
+        self._require_live("log a model")
+        kwargs["run"] = self
+        return self._shelf.log_model(*args, **kwargs)
+
     def _edges(self, kind: str) -> list[ArtifactVersion]:
         out = []
         seen = set()

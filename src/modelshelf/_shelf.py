@@ -560,6 +560,51 @@ class Shelf:
                 previous = n
         return sorted(events, key=lambda e: e.at)
 
+    # -- models --------------------------------------------------------------------------
+    def log_model(
+        self,
+        model: Any,
+        name: str | None = None,
+        *,
+        aliases: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        run: Any = None,
+        **options: Any,
+    ) -> ArtifactVersion:
+        """Log a model as the next version of ``name`` (type ``"model"``).
+
+        Takes a ``torch.nn.Module`` (``LightningModule`` included; weights as safetensors),
+        a ``keras.Model`` (its ``.keras`` archive), a fastai ``Learner`` (the model's weights
+        and the learner's settings), or a file or folder path. The metadata's ``"model"`` key
+        records the framework, versions, parameter count and how to rebuild the model.
+
+        Options: ``init_args={...}`` (torch, fastai): the arguments that rebuild a plain
+        ``nn.Module`` (a ``LightningModule`` uses its ``hparams``); ``export=True`` (fastai):
+        also store fastai's pickled export of the whole Learner.
+        """
+        from ._model import log_model
+
+        return log_model(
+            self, model, name, aliases=aliases, metadata=metadata, config=config, run=run,
+            options=options,
+        )  # fmt: skip
+
+    def load_model(
+        self,
+        ref: str,
+        *,
+        model: Any = None,
+        map_location: Any = "cpu",
+        allow_pickle: bool = False,
+    ) -> Any:
+        """Return the model ``ref`` names, ready for inference (see ``ms.load_model``)."""
+        from ._model import load_model
+
+        return load_model(
+            self, ref, model=model, map_location=map_location, allow_pickle=allow_pickle
+        )
+
     # -- runs and lineage ----------------------------------------------------------------
     def run(
         self,

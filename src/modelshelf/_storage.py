@@ -276,6 +276,48 @@ class Storage:
             raise
         return digest
 
+    def put_stream(
+        self, chunks: Callable[[], Iterable[Any]], key_for: Callable[[str], str]
+    ) -> tuple[str, int]:
+        """Store the bytes ``chunks()`` yields (buffers) under ``key_for(sha256)``.
+
+        Used for bytes made on the fly (a safetensors file written from tensors in memory):
+        they are never gathered in one piece. Object stores get two passes, hashing first, so
+        that the upload goes straight to its final key (and is skipped when already stored).
+        """
+        if self.object_store:
+            h, size = hashlib.sha256(), 0
+            for chunk in chunks():
+                h.update(chunk)
+                size += len(memoryview(chunk).cast("B"))
+            digest = h.hexdigest()
+            if self.exists(key_for(digest)):
+                return digest, size
+            f = self.fs.open(self.path(key_for(digest)), "wb")
+            hasher = Hasher()
+            try:
+                for chunk in chunks():
+                    hasher.update(chunk)
+                    f.write(chunk)
+                    report(len(memoryview(chunk).cast("B")))
+                if hasher.hexdigest() != digest:
+                    raise OSError("the bytes changed between the two passes over them")
+            except BaseException:
+                hasher.abandon()
+                _discard(f)
+                raise
+            f.close()
+            return digest, size
+        tmp = f"tmp/{uuid.uuid4().hex}"
+        try:
+            with self.fs.open(self.path(tmp), "wb") as f:
+                digest, size = _write_hashed(chunks(), f)
+            self.fs.mv(self.path(tmp), self.path(key_for(digest)))
+        except BaseException:
+            self.delete(tmp)
+            raise
+        return digest, size
+
     @staticmethod
     def _copy_into(source: str | os.PathLike[str], f: IO[bytes], hasher: Hasher) -> str:
         with open(source, "rb", buffering=0) as src:
@@ -289,6 +331,22 @@ class Storage:
         with self.open_read(key) as f:
             while chunk := f.read(CHUNK_SIZE):
                 yield chunk
+
+
+def _write_hashed(chunks: Iterable[Any], f: IO[bytes]) -> tuple[str, int]:
+    """Write buffers to ``f`` while a second thread hashes them; return (sha256, size)."""
+    hasher, size = Hasher(), 0
+    try:
+        for chunk in chunks:
+            hasher.update(chunk)
+            f.write(chunk)
+            n = len(memoryview(chunk).cast("B"))
+            size += n
+            report(n)
+    except BaseException:
+        hasher.abandon()
+        raise
+    return hasher.hexdigest(), size
 
 
 def _mtime(info: dict[str, Any]) -> _dt.datetime | None:
@@ -463,6 +521,20 @@ class LocalStorage(Storage):
         finally:
             tmp.unlink(missing_ok=True)
         return digest
+
+    def put_stream(
+        self, chunks: Callable[[], Iterable[Any]], key_for: Callable[[str], str]
+    ) -> tuple[str, int]:
+        tmp = self._tmp()
+        try:
+            with open(tmp, "wb") as f:
+                digest, size = _write_hashed(chunks(), f)
+            final = self.base / key_for(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, size
 
     @staticmethod
     def _copy_and_hash(source: str | os.PathLike[str], tmp: Path) -> str:
