@@ -177,3 +177,15 @@ def test_run_log_model_records_lineage(tmp_path: Path) -> None:
         v = run.log_model(MLP(64, 8), "mlp", init_args={"d_in": 64, "hidden": 8})
     assert v.logged_by() == run and run.outputs() == [v]
     assert "model.parameters" not in ms.Shelf(shelf.url).compare("mlp")[0]["metrics"]
+
+
+def test_module_with_non_persistent_buffer_is_built_for_real(tmp_path: Path) -> None:
+    from zoo import WithBuffer
+
+    shelf = ms.Shelf(tmp_path / "shelf")
+    model = WithBuffer()
+    shelf.log_model(model, "buffered")
+    loaded = shelf.load_model("buffered")
+    assert not loaded.scale.is_meta
+    assert torch.equal(loaded.scale, torch.arange(1.0, 5.0))
+    assert expected(loaded) == expected(model)

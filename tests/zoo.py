@@ -64,3 +64,15 @@ def digits(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
 
     x, y = load_digits(return_X_y=True)
     return torch.tensor(x[:n] / 16.0, dtype=torch.float32), torch.tensor(y[:n])
+
+
+class WithBuffer(nn.Module):
+    """A module that makes a tensor outside its state_dict (a non-persistent buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 4)
+        self.register_buffer("scale", torch.arange(1.0, 5.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.scale

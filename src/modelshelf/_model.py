@@ -274,8 +274,11 @@ def load_model(shelf: Shelf, ref: str, *, model: Any, map_location: Any, allow_p
         require("torch", "Loading a PyTorch model")
         from . import _torch_format as tf
 
+        weights, tied = version.path(info["weights"]), info.get("tied", {})
+        if model is not None:
+            return tf.load_weights(weights, tied, model, map_location, version.ref)
         try:
-            target = model if model is not None else tf.rebuild(info["recipe"], version.ref)
+            return tf.rebuild_and_load(info["recipe"], weights, tied, map_location, version.ref)
         except UnsupportedModelError as exc:
             if fmt == "fastai" and info.get("learner_file"):
                 raise UnsupportedModelError(
@@ -283,9 +286,6 @@ def load_model(shelf: Shelf, ref: str, *, model: Any, map_location: Any, allow_p
                     "whole Learner with allow_pickle=True."
                 ) from None
             raise
-        return tf.load_weights(
-            version.path(info["weights"]), info.get("tied", {}), target, map_location, version.ref
-        )
     if fmt == "keras":
         assert isinstance(info, dict)
         return _load_keras(version.path(info["file"]), model, allow_pickle)

@@ -141,8 +141,15 @@ def describe(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[s
     return info
 
 
-def rebuild(rec: dict[str, Any], ref: str) -> torch.nn.Module:
-    """Construct the recorded class with its recorded init arguments."""
+def rebuild(rec: dict[str, Any], ref: str, *, meta: bool = False) -> torch.nn.Module:
+    """Construct the recorded class with its recorded init arguments.
+
+    With ``meta=True`` the parameters are created on the meta device: no memory, no random
+    initialisation, as the loaded weights replace them all anyway.
+    """
+    if meta:
+        with torch.device("meta"):
+            return rebuild(rec, ref)
     if rec.get("init_args") is None:
         raise UnsupportedModelError(
             f"{ref} cannot be rebuilt: {rec.get('why_not') or 'no init arguments were recorded'}. "
@@ -166,9 +173,19 @@ def rebuild(rec: dict[str, Any], ref: str) -> torch.nn.Module:
         ) from None
 
 
+def _on_meta(model: torch.nn.Module) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return any(t.is_meta for t in tensors)
+
+
 def load_weights(
     path: Path, aliases: dict[str, str], model: torch.nn.Module, map_location: Any, ref: str
 ) -> torch.nn.Module:
+    """Load the safetensors at ``path`` into ``model`` (strictly); return it in eval mode.
+
+    A model built on the meta device takes the loaded tensors as its own (no copy), and its
+    tied weights are tied again.
+    """
     from safetensors.torch import load_file
 
     device = str(map_location) if isinstance(map_location, torch.device) else map_location
@@ -179,11 +196,32 @@ def load_weights(
     state = load_file(str(path), device=device)
     for alias, canonical in aliases.items():
         state[alias] = state[canonical]
+    assign = _on_meta(model)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
         raise UnsupportedModelError(
             f"The weights of {ref} do not fit {type(model).__qualname__}: {exc}"
         ) from None
+    if assign:
+        for alias, canonical in aliases.items():
+            owner, _, attr = alias.rpartition(".")
+            target = model.get_submodule(owner) if owner else model
+            setattr(target, attr, model.get_parameter(canonical))
+        if _on_meta(model):
+            raise _StillOnMeta
     model.to(torch.device(device) if isinstance(device, str) else device)
     return model.eval()
+
+
+class _StillOnMeta(Exception):
+    """The module made tensors that are not in its state_dict: build it for real instead."""
+
+
+def rebuild_and_load(
+    rec: dict[str, Any], path: Path, aliases: dict[str, str], map_location: Any, ref: str
+) -> torch.nn.Module:
+    try:
+        return load_weights(path, aliases, rebuild(rec, ref, meta=True), map_location, ref)
+    except _StillOnMeta:
+        return load_weights(path, aliases, rebuild(rec, ref), map_location, ref)
