@@ -1,10 +1,242 @@
-"""The lightning adapter: ``ShelfCheckpoint`` (SPEC §5) lands here with its issue.
+"""PyTorch Lightning: ``ShelfCheckpoint``, a ``Callback`` over modelshelf's checkpoint engine.
 
-Importing this module already checks that lightning is installed and names the extra otherwise.
+Works with both ``lightning.pytorch`` and ``pytorch_lightning`` (whichever is installed;
+``lightning.pytorch`` first). Usage::
+
+    from modelshelf.integrations.lightning import ShelfCheckpoint
+    trainer = L.Trainer(callbacks=[ShelfCheckpoint("digits-cnn", monitor="val_loss")])
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+from modelshelf._checkpoint import CheckpointEngine, keras_like_mode
 from modelshelf._deps import require
 
-lightning = require("lightning", "modelshelf.integrations.lightning")
+pl = require("lightning", "modelshelf.integrations.lightning")
+
+import torch  # noqa: E402  (a dependency of Lightning itself)
+
+from modelshelf._errors import ModelshelfError  # noqa: E402
+from modelshelf._torch_training import load_state, model_parts, optimizer_config  # noqa: E402
+
+_io = __import__(f"{pl.__name__}.plugins.io", fromlist=["CheckpointIO"])
+
+
+class _Capture(_io.CheckpointIO):  # type: ignore[misc, name-defined]
+    """Receives the checkpoint dict ``trainer.save_checkpoint`` builds, instead of a file."""
+
+    def __init__(self) -> None:
+        self.checkpoint: dict[str, Any] | None = None
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        self.checkpoint = checkpoint
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> Any:
+        raise NotImplementedError
+
+    def remove_checkpoint(self, path: Any) -> None:
+        pass
+
+
+def _lightning_mode(monitor: str) -> str:
+    return keras_like_mode(monitor) or "min"  # Lightning's ModelCheckpoint defaults to "min"
+
+
+class ShelfCheckpoint(pl.Callback):  # type: ignore[misc, name-defined]
+    """Checkpoint to the artifact ``name`` each checked epoch (SPEC §5).
+
+    Besides the shared arguments, ``allow_pickle`` lets ``resume=True`` unpickle a training
+    state that ``weights_only`` loading refuses (only for checkpoints you trust).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        shelf: Any = None,
+        monitor: str | None = None,
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        save: str | None = None,
+        every_n_epochs: int = 1,
+        keep_last: int | None = None,
+        aliases: Any = (),
+        config: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        save_weights_only: bool = False,
+        resume: bool = False,
+        background: bool = True,
+        run: Any = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        super().__init__()
+        self.engine = CheckpointEngine(
+            name, shelf, monitor, mode, min_delta, save, every_n_epochs, keep_last, aliases,
+            config, metadata, save_weights_only, resume, background, run, auto_mode=_lightning_mode,
+        )  # fmt: skip
+        self.allow_pickle = allow_pickle
+        self._last_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return f"ShelfCheckpoint{{name={self.engine.name!r}, monitor={self.engine.monitor!r}}}"
+
+    # -- fit starts: config, run, resume -------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._last_step = -1
+        config = {
+            "hparams": dict(pl_module.hparams),
+            "optimizers": [optimizer_config(o) for o in trainer.optimizers],
+            "schedulers": [
+                {
+                    "class": type(c.scheduler).__name__,
+                    "interval": c.interval,
+                    "frequency": c.frequency,
+                }
+                for c in trainer.lr_scheduler_configs
+            ],
+            "trainer": {
+                "max_epochs": trainer.max_epochs,
+                "precision": str(trainer.precision),
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "gradient_clip_val": trainer.gradient_clip_val,
+                "strategy": type(trainer.strategy).__name__,
+                "devices": trainer.num_devices,
+                "num_nodes": trainer.num_nodes,
+            },
+            "seed": os.environ.get("PL_GLOBAL_SEED"),
+        }
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None:
+            config["datamodule_hparams"] = dict(datamodule.hparams)
+        self.engine.begin(config, is_writer=trainer.is_global_zero)
+        if self.engine.resume:
+            self._resume(trainer, pl_module)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # The dataloaders exist from here on: record batch size and dataset sizes.
+        data: dict[str, Any] = {}
+        train = trainer.train_dataloader
+        if train is not None and getattr(train, "batch_size", None) is not None:
+            data["batch_size"] = train.batch_size
+        for split, loader in (("train", train), ("val", trainer.val_dataloaders)):
+            dataset = getattr(loader, "dataset", None)
+            if dataset is not None and hasattr(dataset, "__len__"):
+                data.setdefault("dataset_sizes", {})[split] = len(dataset)
+        if data:
+            self.engine.update_config(data)
+
+    def _resume(self, trainer: Any, pl_module: Any) -> None:
+        version = self.engine.resume_from() if trainer.is_global_zero else None
+        ref = trainer.strategy.broadcast(version.ref if version is not None else None, src=0)
+        if ref is None:
+            return
+        state = load_state(
+            self.engine.shelf.get(ref).path("training-state.ckpt"), self.allow_pickle, ref
+        )
+        pl_module.load_state_dict(state["state_dict"])
+        for optimizer, saved in zip(
+            trainer.optimizers, state.get("optimizer_states", []), strict=False
+        ):
+            optimizer.load_state_dict(saved)
+        for config, saved in zip(
+            trainer.lr_scheduler_configs, state.get("lr_schedulers", []), strict=False
+        ):
+            config.scheduler.load_state_dict(saved)
+        for callback in trainer.callbacks:
+            saved = state.get("callbacks", {}).get(callback.state_key)
+            if saved is not None:
+                callback.load_state_dict(saved)
+        trainer.fit_loop.load_state_dict(state["loops"]["fit_loop"])
+        pl_module.on_load_checkpoint(state)
+        self._last_step = int(state.get("global_step", -1))
+
+    # -- checks ---------------------------------------------------------------------------
+    def _skip(self, trainer: Any) -> bool:
+        return bool(trainer.fast_dev_run) or trainer.sanity_checking or trainer.state.fn != "fit"
+
+    def _on_train_epoch_end(self, trainer: Any) -> bool:
+        """Decide at train-epoch end when there is no validation loop (as ModelCheckpoint)."""
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        batches = trainer.num_val_batches
+        return (sum(batches) if isinstance(batches, list) else batches) == 0
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._skip(trainer) and not self._on_train_epoch_end(trainer):
+            self._check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._skip(trainer) and self._on_train_epoch_end(trainer):
+            self._check(trainer, pl_module)
+
+    def _check(self, trainer: Any, pl_module: Any) -> None:
+        epoch, step = trainer.current_epoch, trainer.global_step
+        if not self.engine.due(epoch) or step == self._last_step:
+            return
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items()
+            if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+        }  # fmt: skip
+        # Rank 0 decides and tells the others, so that all take the same path to the barrier
+        # in save_checkpoint; a failure on rank 0 (a monitor typo, a write error) is raised
+        # on every rank instead of leaving the others waiting.
+        decision, failure = None, None
+        if trainer.is_global_zero:
+            try:
+                if self.engine.write_error is not None:
+                    raise self.engine.write_error
+                decision = self.engine.decide(metrics)
+            except Exception as exc:
+                failure = exc
+        decision, message = trainer.strategy.broadcast(
+            (decision, None if failure is None else f"{type(failure).__name__}: {failure}"), src=0
+        )
+        if message is not None:
+            if failure is not None:
+                raise failure
+            raise ModelshelfError(f"ShelfCheckpoint failed on rank 0: {message}")
+        self._last_step = step
+        state = None
+        if decision.save and not self.engine.save_weights_only:
+            capture, original = _Capture(), trainer.strategy.checkpoint_io
+            trainer.strategy.checkpoint_io = capture
+            try:
+                # every rank calls it: it ends with a barrier
+                trainer.save_checkpoint("modelshelf-capture.ckpt", weights_only=False)
+            finally:
+                trainer.strategy.checkpoint_io = original
+            state = capture.checkpoint
+        framework = "lightning"
+        self.engine.commit(
+            decision, epoch=epoch, step=step, metrics=metrics,
+            snapshot=lambda: model_parts(pl_module, state, framework),
+        )  # fmt: skip
+
+    # -- fit ends -------------------------------------------------------------------------
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        failure = None
+        if trainer.is_global_zero:
+            try:
+                self.engine.end()
+            except Exception as exc:
+                failure = exc
+        message = trainer.strategy.broadcast(None if failure is None else str(failure), src=0)
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise ModelshelfError(f"ShelfCheckpoint failed on rank 0: {message}")
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            self.engine.end(error=exception)  # keep what was written; the run is marked failed
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state_dict)

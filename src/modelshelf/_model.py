@@ -226,38 +226,49 @@ def log_model(
             blobs, info = _fastai_parts(
                 model, options.get("init_args"), bool(options.get("export")), tmp
             )
-        info["libraries"] = _versions(
-            "torch", "pytorch-lightning", "lightning", "keras", "tensorflow", "tensorflow-cpu",
-            "jax", "fastai", "safetensors", "numpy",
+        meta = {**user_meta, "config": cfg} if cfg is not None else user_meta
+        return log_parts(shelf, name, blobs, info, meta, aliases, run)
+
+
+def log_parts(
+    shelf: Shelf,
+    name: str,
+    blobs: dict[str, _Blob],
+    info: dict[str, Any],
+    metadata: dict[str, Any],
+    aliases: list[str],
+    run: Any,
+) -> ArtifactVersion:
+    """Store a model's files and commit them as the next version of ``name``."""
+    info["libraries"] = _versions(
+        "torch", "pytorch-lightning", "lightning", "keras", "tensorflow", "tensorflow-cpu",
+        "jax", "fastai", "safetensors", "numpy",
+    )  # fmt: skip
+    info["python"] = ".".join(map(str, sys.version_info[:3]))
+    recipe = info.get("recipe", {})
+    if recipe.get("init_args", {}) is None:
+        logger.warning(
+            "%s: load_model will need model=... to load this version (%s).",
+            name, recipe.get("why_not"),
         )  # fmt: skip
-        info["python"] = ".".join(map(str, sys.version_info[:3]))
-        recipe = info.get("recipe", {})
-        if recipe.get("init_args", {}) is None:
-            logger.warning(
-                "%s: load_model will need model=... to load this version (%s).",
-                name, recipe.get("why_not"),
-            )  # fmt: skip
-        meta = {**user_meta, "model": clean_metadata(info, "model info")}
-        if cfg is not None:
-            meta["config"] = cfg
+    meta = {**metadata, "model": clean_metadata(info, "model info")}
+    shelf._info(create=True)
+    shelf._claim_name(name, "model")
+    gc_seen = gc_head(shelf._storage)
+    files: dict[str, FileEntry] = {}
+    by_hex: dict[str, _Blob] = {}
+    for rel, blob in blobs.items():
+        hexdigest, size = blob.put(shelf)
+        files[rel] = FileEntry(size=size, digest=f"sha256:{hexdigest}")
+        by_hex[hexdigest] = blob
 
-        shelf._info(create=True)
-        shelf._claim_name(name, "model")
-        gc_seen = gc_head(shelf._storage)
-        files: dict[str, FileEntry] = {}
-        by_hex: dict[str, _Blob] = {}
-        for rel, blob in blobs.items():
-            hexdigest, size = blob.put(shelf)
-            files[rel] = FileEntry(size=size, digest=f"sha256:{hexdigest}")
-            by_hex[hexdigest] = blob
+    def restore(hexdigest: str) -> None:
+        by_hex[hexdigest].put(shelf)
 
-        def restore(hexdigest: str) -> None:
-            by_hex[hexdigest].put(shelf)
-
-        return shelf._commit(
-            name, "model", Manifest(files), {"description": None, "metadata": meta, "tags": []},
-            aliases=aliases, run=run, gc_seen=gc_seen, restore=restore,
-        )  # fmt: skip
+    return shelf._commit(
+        name, "model", Manifest(files), {"description": None, "metadata": meta, "tags": []},
+        aliases=aliases, run=run, gc_seen=gc_seen, restore=restore,
+    )  # fmt: skip
 
 
 def load_model(shelf: Shelf, ref: str, *, model: Any, map_location: Any, allow_pickle: bool) -> Any:

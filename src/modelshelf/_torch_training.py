@@ -1,0 +1,83 @@
+"""Host-memory snapshots of torch training state, shared by the torch-based callbacks."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._checkpoint import STATE_FILE, Parts
+from ._errors import UnsafeLoadError
+from ._model import _Blob
+from ._torch_format import WEIGHTS, describe, recipe, safetensors_stream, split_shared
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors are detached copies in CPU memory (containers rebuilt)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        pairs = [(k, to_host(v)) for k, v in obj.items()]
+        try:
+            return type(obj)(pairs)  # OrderedDict, Lightning's AttributeDict, ...
+        except TypeError:
+            return dict(pairs)
+    if isinstance(obj, list):
+        return [to_host(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(to_host(v) for v in obj)
+    return obj
+
+
+def model_parts(
+    model: torch.nn.Module,
+    state: dict[str, Any] | None,
+    framework: str,
+    init_args: dict[str, Any] | None = None,
+) -> Parts:
+    """Weights (as safetensors) and, when ``state`` is given, the training state (torch.save)."""
+    tensors, tied = split_shared(model.state_dict())
+    host = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
+    info = {
+        "format": "torch",
+        "framework": framework,
+        "weights": WEIGHTS,
+        "tied": tied,
+        "recipe": recipe(model, init_args),
+        **describe(model, host),
+    }
+    files: dict[str, Callable[[Path], None]] = {}
+    if state is not None:
+        snapshot = to_host(state)
+
+        def write_state(path: Path) -> None:
+            torch.save(snapshot, path)
+
+        files[STATE_FILE] = write_state
+    return Parts(
+        blobs={WEIGHTS: _Blob(stream=lambda: safetensors_stream(host))}, info=info, files=files
+    )
+
+
+def load_state(path: Path, allow_pickle: bool, ref: str) -> dict[str, Any]:
+    """Load a training state with ``weights_only=True``; unpickle fully only if allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+    except pickle.UnpicklingError as exc:
+        if not allow_pickle:
+            raise UnsafeLoadError(
+                f"Resuming from {ref} needs to unpickle objects that weights_only loading refuses "
+                f"({str(exc).splitlines()[0][:200]}). If you trust who saved it, pass "
+                "allow_pickle=True to ShelfCheckpoint.",
+                path=os.fspath(path),
+            ) from None
+        return torch.load(path, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return {"class": type(optimizer).__name__, "param_groups": groups}
