@@ -200,6 +200,7 @@ class ShelfCheckpoint(pl.Callback):  # type: ignore[misc, name-defined]
             if failure is not None:
                 raise failure
             raise ModelshelfError(f"ShelfCheckpoint failed on rank 0: {message}")
+        self.engine.note(decision)
         self._last_step = step
         state = None
         if decision.save and not self.engine.save_weights_only:

@@ -268,6 +268,11 @@ class CheckpointEngine:
             save=improved or self.save == "all", improved=improved, value=value, best=best
         )
 
+    def note(self, decision: Decision) -> None:
+        """Adopt a decision (on every rank, before the state is captured: it holds the best)."""
+        if decision.improved:
+            self.best = decision.value
+
     def commit(
         self,
         decision: Decision,
@@ -277,9 +282,7 @@ class CheckpointEngine:
         metrics: dict[str, float],
         snapshot: Callable[[], Parts],
     ) -> None:
-        """Record the decision; on the writer, take the snapshot now and write it (maybe later)."""
-        if decision.improved:
-            self.best = decision.value
+        """On the writer, take the snapshot now and write it (in the background, maybe)."""
         if not decision.save or not self.is_writer:
             return
         if self._writer.error is not None:

@@ -1,0 +1,264 @@
+"""The Lightning ShelfCheckpoint, with real Lightning training on digits (CPU)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+L = pytest.importorskip("lightning.pytorch")
+torch = pytest.importorskip("torch")
+
+from modelshelf.integrations.lightning import ShelfCheckpoint  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import modelshelf as ms  # noqa: E402
+from zoo import digits  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SCRIPT = TESTS / "lightning_train.py"
+
+
+class Scripted(L.LightningModule):
+    """Trains for real, and also logs 'score' from a script of values, one per epoch."""
+
+    def __init__(self, scores: list[float] | None = None, hidden: int = 16) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+        if self.hparams.scores:
+            self.log("score", float(self.hparams.scores[self.current_epoch]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(
+    model: L.LightningModule, callback: ShelfCheckpoint, epochs: int, **trainer_kw: object
+) -> L.Trainer:
+    x, y = digits(384)
+    train = DataLoader(TensorDataset(x[:256], y[:256]), batch_size=32)
+    val = DataLoader(TensorDataset(x[256:], y[256:]), batch_size=128)
+    trainer = L.Trainer(
+        max_epochs=epochs, callbacks=[callback], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, **trainer_kw,
+    )  # fmt: skip
+    trainer.fit(model, train, val)
+    return trainer
+
+
+SCORES = [3.0, 2.0, 2.5, 1.0, 1.5, 1.2]  # improves at epochs 0, 1 and 3
+
+
+def test_improved_saves_one_version_per_improvement(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min", config={"note": "x"})
+    fit(Scripted(SCORES), cb, epochs=6)
+    versions = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in versions] == [0, 1, 3]
+    assert [v.metadata["monitored_value"] for v in versions] == [3.0, 2.0, 1.0]
+    assert shelf.get("net:best") == shelf.get("net:latest") == versions[-1]
+    meta = versions[-1].metadata
+    assert meta["global_step"] == 4 * 8 and meta["best_so_far"] == 1.0 and meta["improved"] is True
+    assert set(meta["metrics"]) == {"val_loss", "score"}
+    assert sorted(versions[-1].files) == ["model.safetensors", "training-state.ckpt"]
+    run = versions[-1].logged_by()
+    assert run is not None and run.status == "finished"
+    assert run.config["note"] == "x" and run.config["hparams"]["scores"] == SCORES
+    assert run.config["trainer"]["max_epochs"] == 6
+    assert run.config["optimizers"][0]["class"] == "SGD"
+    assert run.config["optimizers"][0]["param_groups"][0]["lr"] == 0.1
+    assert run.config["dataset_sizes"] == {"train": 256, "val": 128}
+    assert run.config["batch_size"] == 32
+
+
+def test_all_saves_every_checked_epoch_and_best_at_the_minimum(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint(
+        "net", shelf=shelf, monitor="score", mode="min", save="all", every_n_epochs=2
+    )
+    fit(Scripted(SCORES), cb, epochs=6)
+    versions = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in versions] == [1, 3, 5]  # every second epoch
+    assert shelf.get("net:latest").metadata["epoch"] == 5
+    assert shelf.get("net:best").metadata["epoch"] == 3  # score 1.0
+
+
+def test_nan_never_improves(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min", save="all")
+    fit(Scripted([2.0, float("nan"), 1.0]), cb, epochs=3)
+    assert [v.metadata["improved"] for v in shelf.versions("net")] == [True, False, True]
+    assert shelf.versions("net")[1].metadata["monitored_value"] is None
+
+
+def test_keep_last_bounds_the_shelf(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min", save="all", keep_last=2)
+    scores = [5.0, 1.0, 4.0, 3.0, 6.0, 7.0, 8.0, 9.0]  # best stays at epoch 1
+    fit(Scripted(scores), cb, epochs=8)
+    versions = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in versions] == [1, 6, 7]  # 2 newest + the aliased best
+    shelf.gc(grace_period=0)
+    stored = sum(p.stat().st_size for p in (tmp_path / "shelf" / "blobs").rglob("*") if p.is_file())
+    assert stored <= sum(v.size for v in versions)
+
+
+def test_monitor_typo_lists_the_metrics(tmp_path: Path) -> None:
+    cb = ShelfCheckpoint("net", shelf=ms.Shelf(tmp_path / "shelf"), monitor="val_los")
+    with pytest.raises(ms.NotFoundError, match=r"'val_los'.*Metrics that exist: score, val_loss"):
+        fit(Scripted(SCORES), cb, epochs=1)
+
+
+def test_best_reloads_and_reproduces_its_validation_loss(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="val_loss", save="all")
+    fit(Scripted(), cb, epochs=3)
+    best = shelf.get("net:best")
+    model = ms.load_model("net:best", shelf=shelf)
+    assert type(model).__name__ == "Scripted"
+    x, y = digits(384)
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(x[256:]), y[256:]).item()
+    assert loss == pytest.approx(best.metadata["monitored_value"], rel=1e-6)
+    assert best.metadata["monitored_value"] == min(
+        v.metadata["monitored_value"] for v in shelf.versions("net")
+    )
+
+
+def test_writer_error_surfaces_from_fit_and_keeps_earlier_versions(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+
+    class BreakShelf(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.current_epoch == 1:  # the blob store breaks: no file can be stored
+                cb.engine._writer.drain()
+                shutil.rmtree(tmp_path / "shelf" / "blobs")
+                (tmp_path / "shelf" / "blobs").write_text("not a folder any more")
+
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min", save="all")
+    x, y = digits(384)
+    trainer = L.Trainer(
+        max_epochs=4, callbacks=[cb, BreakShelf()], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(OSError):
+        trainer.fit(
+            Scripted(SCORES),
+            DataLoader(TensorDataset(x[:256], y[:256]), batch_size=32),
+            DataLoader(TensorDataset(x[256:], y[256:]), batch_size=128),
+        )
+    kept = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in kept] == [0, 1]  # nothing half-written after them
+    (run,) = shelf.runs()
+    assert run.status == "failed" and "NotADirectoryError" in (run.error or "")
+
+
+def test_lightning_ckpt_path_resume_restores_the_best_score(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min")
+    fit(Scripted(SCORES), cb, epochs=4)  # best 1.0 at epoch 3
+    state = torch.load(shelf.get("net:latest").path("training-state.ckpt"), weights_only=True)
+    assert state["callbacks"][cb.state_key]["best"] == 1.0
+    fresh = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min")
+    fresh.load_state_dict(state["callbacks"][cb.state_key])
+    assert fresh.engine.best == 1.0
+
+
+def _script(*args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MODELSHELF_CACHE": str(tmp / "cache"), "PYTHONHASHSEED": "0"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    full = _script(
+        str(tmp_path / "full"),
+        "--epochs",
+        "5",
+        "--save",
+        "all",
+        "--out",
+        str(tmp_path / "full.pt"),
+        tmp=tmp_path,
+    )
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    killed = _script(
+        str(tmp_path / "shelf"),
+        "--epochs",
+        "5",
+        "--save",
+        "all",
+        "--kill-after-version",
+        "1",
+        tmp=tmp_path,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    shelf = ms.Shelf(tmp_path / "shelf")
+    assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0, 1]
+    assert shelf.runs()[0].status == "crashed"
+
+    resumed = _script(
+        str(tmp_path / "shelf"),
+        "--epochs",
+        "5",
+        "--save",
+        "all",
+        "--resume",
+        "--out",
+        str(tmp_path / "resumed.pt"),
+        tmp=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0, 1, 2, 3, 4]
+    assert shelf.get("net:v2").metadata["global_step"] == 3 * 10  # it went on from epoch 2
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    for key in a:  # same seed, deterministic CPU ops, optimizer momentum restored: bit-exact
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_each_checkpoint_once(tmp_path: Path) -> None:
+    proc = _script(
+        str(tmp_path / "shelf"),
+        "--epochs",
+        "3",
+        "--save",
+        "all",
+        "--ddp",
+        tmp=tmp_path,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shelf = ms.Shelf(tmp_path / "shelf")
+    versions = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in versions] == [0, 1, 2]  # once each, not twice
+    losses = [v.metadata["monitored_value"] for v in versions]
+    assert shelf.get("net:best").metadata["monitored_value"] == min(losses)
+    (run,) = shelf.runs()
+    assert run.status == "finished" and run.config["trainer"]["devices"] == 2
+    assert run.config["trainer"]["strategy"] == "DDPStrategy"
