@@ -9,23 +9,46 @@ Works with both ``lightning.pytorch`` and ``pytorch_lightning`` (whichever is in
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
-from modelshelf._checkpoint import CheckpointEngine, keras_like_mode
+from modelshelf._checkpoint import STATE_FILE, CheckpointEngine, keras_like_mode
 from modelshelf._deps import require
 
-pl = require("lightning", "modelshelf.integrations.lightning")
+require("lightning", "modelshelf.integrations.lightning")  # names the extra if neither is there
+
+
+def _packages() -> list[Any]:
+    found = []
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
+# One class serves both packages: it derives from the Callback (and CheckpointIO) of each
+# one installed, so either package's Trainer accepts it.
+_PACKAGES = _packages()
+_CALLBACKS = tuple(p.Callback for p in _PACKAGES)
+_CHECKPOINT_IOS = tuple(
+    importlib.import_module(f"{p.__name__}.plugins.io").CheckpointIO for p in _PACKAGES
+)
 
 import torch  # noqa: E402  (a dependency of Lightning itself)
 
 from modelshelf._errors import ModelshelfError  # noqa: E402
-from modelshelf._torch_training import load_state, model_parts, optimizer_config  # noqa: E402
+from modelshelf._torch_training import (  # noqa: E402
+    load_state,
+    model_parts,
+    optimizer_config,
+    version_weights,
+)
 
-_io = __import__(f"{pl.__name__}.plugins.io", fromlist=["CheckpointIO"])
 
-
-class _Capture(_io.CheckpointIO):  # type: ignore[misc, name-defined]
+class _Capture(*_CHECKPOINT_IOS):  # type: ignore[misc]
     """Receives the checkpoint dict ``trainer.save_checkpoint`` builds, instead of a file."""
 
     def __init__(self) -> None:
@@ -47,7 +70,7 @@ def _lightning_mode(monitor: str) -> str:
     return keras_like_mode(monitor) or "min"  # Lightning's ModelCheckpoint defaults to "min"
 
 
-class ShelfCheckpoint(pl.Callback):  # type: ignore[misc, name-defined]
+class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
     """Checkpoint to the artifact ``name`` each checked epoch (SPEC §5).
 
     Besides the shared arguments, ``allow_pickle`` lets ``resume=True`` unpickle a training
@@ -135,10 +158,9 @@ class ShelfCheckpoint(pl.Callback):  # type: ignore[misc, name-defined]
         ref = trainer.strategy.broadcast(version.ref if version is not None else None, src=0)
         if ref is None:
             return
-        state = load_state(
-            self.engine.shelf.get(ref).path("training-state.ckpt"), self.allow_pickle, ref
-        )
-        pl_module.load_state_dict(state["state_dict"])
+        version = self.engine.shelf.get(ref)
+        state = load_state(version.path(STATE_FILE), self.allow_pickle, ref)
+        pl_module.load_state_dict(version_weights(version))
         for optimizer, saved in zip(
             trainer.optimizers, state.get("optimizer_states", []), strict=False
         ):

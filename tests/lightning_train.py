@@ -61,6 +61,8 @@ class KillAfter(L.Callback):
         self.shelf, self.version = shelf, version
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch < self.version:  # with save="all", version K is epoch K's
+            return
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -115,7 +115,6 @@ def test_keep_last_bounds_the_shelf(tmp_path: Path) -> None:
     fit(Scripted(scores), cb, epochs=8)
     versions = shelf.versions("net")
     assert [v.metadata["epoch"] for v in versions] == [1, 6, 7]  # 2 newest + the aliased best
-    shelf.gc(grace_period=0)
     stored = sum(p.stat().st_size for p in (tmp_path / "shelf" / "blobs").rglob("*") if p.is_file())
     assert stored <= sum(v.size for v in versions)
 
@@ -262,3 +261,33 @@ def test_ddp_two_cpu_processes_write_each_checkpoint_once(tmp_path: Path) -> Non
     (run,) = shelf.runs()
     assert run.status == "finished" and run.config["trainer"]["devices"] == 2
     assert run.config["trainer"]["strategy"] == "DDPStrategy"
+
+
+def test_works_with_the_pytorch_lightning_package_too(tmp_path: Path) -> None:
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Old(pl.LightningModule):
+        def __init__(self, hidden: int = 8) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> torch.Tensor:
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    shelf = ms.Shelf(tmp_path / "shelf")
+    x, y = digits(128)
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[ShelfCheckpoint("old", shelf=shelf)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Old(), DataLoader(TensorDataset(x, y), batch_size=32))
+    # No validation loop: it decides at the end of each training epoch, saving all of them.
+    assert [v.metadata["epoch"] for v in shelf.versions("old")] == [0, 1]
+    assert shelf.get("old").metadata["model"]["framework"] == "lightning"

@@ -317,8 +317,10 @@ class CheckpointEngine:
                 )
             if decision.improved:
                 self.best_version = version.version
-            if self.keep_last is not None:
-                self.shelf.prune(self.name, keep_last=self.keep_last)
+            if self.keep_last is not None and self.shelf.prune(self.name, keep_last=self.keep_last):
+                # Free the pruned bytes now, so storage stays bounded. No grace period is
+                # needed: writers in flight are protected by the lease/gc handshake.
+                self.shelf.gc(grace_period=0)
 
         if self.background:
             self._writer.submit(write)

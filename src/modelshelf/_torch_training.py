@@ -33,13 +33,27 @@ def to_host(obj: Any) -> Any:
     return obj
 
 
+def version_weights(version: Any) -> dict[str, torch.Tensor]:
+    """The state dict stored in a model version (tied names restored), on the CPU."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(version.path(WEIGHTS)))
+    for alias, canonical in version.metadata.get("model", {}).get("tied", {}).items():
+        state[alias] = state[canonical]
+    return state
+
+
 def model_parts(
     model: torch.nn.Module,
     state: dict[str, Any] | None,
     framework: str,
     init_args: dict[str, Any] | None = None,
 ) -> Parts:
-    """Weights (as safetensors) and, when ``state`` is given, the training state (torch.save)."""
+    """Weights (as safetensors) and, when ``state`` is given, the training state (torch.save).
+
+    The training state is stored without its copy of the weights (``state_dict``): those are
+    in the safetensors file already, and resuming reads them from there.
+    """
     tensors, tied = split_shared(model.state_dict())
     host = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
     info = {
@@ -52,7 +66,7 @@ def model_parts(
     }
     files: dict[str, Callable[[Path], None]] = {}
     if state is not None:
-        snapshot = to_host(state)
+        snapshot = to_host({k: v for k, v in state.items() if k != "state_dict"})
 
         def write_state(path: Path) -> None:
             torch.save(snapshot, path)
