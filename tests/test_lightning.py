@@ -291,3 +291,36 @@ def test_works_with_the_pytorch_lightning_package_too(tmp_path: Path) -> None:
     # No validation loop: it decides at the end of each training epoch, saving all of them.
     assert [v.metadata["epoch"] for v in shelf.versions("old")] == [0, 1]
     assert shelf.get("old").metadata["model"]["framework"] == "lightning"
+
+
+def test_fast_dev_run_and_sanity_check_save_nothing(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min")
+    fit(Scripted(SCORES), cb, epochs=2, fast_dev_run=True)
+    assert shelf.artifacts() == []
+    fit(Scripted(SCORES), cb, epochs=1, num_sanity_val_steps=1)  # the sanity check is skipped
+    assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0]
+
+
+class Tokenizer:
+    """Something a user passes to their module: not plain data, so it can only be pickled."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+
+def test_resume_that_needs_unpickling_asks_for_allow_pickle(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+
+    class WithObject(Scripted):
+        def __init__(self, tokenizer: Tokenizer | None = None, scores: list[float] | None = None):
+            super().__init__(scores)
+            self.save_hyperparameters()
+
+    fit(WithObject(Tokenizer(5), SCORES), ShelfCheckpoint("net", shelf=shelf, save="all"), epochs=1)
+    resumed = ShelfCheckpoint("net", shelf=shelf, save="all", resume=True)
+    with pytest.raises(ms.UnsafeLoadError, match=r"net:v0.*allow_pickle=True"):
+        fit(WithObject(Tokenizer(5), SCORES), resumed, epochs=2)
+    trusted = ShelfCheckpoint("net", shelf=shelf, save="all", resume=True, allow_pickle=True)
+    fit(WithObject(Tokenizer(5), SCORES), trusted, epochs=2)
+    assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0, 1]  # went on at epoch 1
