@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
-import json
 import logging
 import os
 import threading
@@ -25,9 +23,9 @@ from ._diff import best as pick_best
 from ._diff import compare as make_compare
 from ._diff import diff as make_diff
 from ._errors import ConflictError, IntegrityError, InvalidReferenceError, NotFoundError
+from ._labels import LabelsMixin, initial_state, run_id_of
 from ._layout import (
     ROOT_RECORD,
-    aliases_prefix,
     clean_metadata,
     digest_key,
     info_key,
@@ -36,7 +34,6 @@ from ._layout import (
     manifest_key,
     name_from_prefix,
     now,
-    state_prefix,
     versions_prefix,
     writer_info,
 )
@@ -47,21 +44,12 @@ from ._manifest import HEX_RE, FileEntry, Manifest, blob_key
 from ._refs import LATEST, Ref, parse_ref, validate_alias, validate_name, validate_tag
 from ._runs import Run, list_runs, load_run, record_edge, start_run
 from ._storage import ChangedWhileReading, Storage
-from ._version import AliasEvent, ArtifactVersion
+from ._version import ArtifactVersion
 
 logger = logging.getLogger("modelshelf")
 
 
-def _run_id(run: Any) -> str | None:
-    if run is None:
-        return None
-    run_id = getattr(run, "id", run)
-    if not isinstance(run_id, str):
-        raise InvalidReferenceError(f"run must be a Run or a run id string, not {run!r}.")
-    return run_id
-
-
-class Shelf:
+class Shelf(LabelsMixin):
     """A shelf of versioned artifacts in a folder of any fsspec filesystem.
 
     Args:
@@ -147,7 +135,7 @@ class Shelf:
         tags = sorted({validate_tag(t) for t in tags})
         meta = {**artifact.metadata, **clean_metadata(metadata)}
         desc = description if description is not None else artifact.description
-        _run_id(run)
+        run_id_of(run)
 
         self._info(create=True)
         self._claim_name(artifact.name, artifact.type)
@@ -205,7 +193,7 @@ class Shelf:
                 "file_count": len(manifest.files),
                 "created_at": created_at or isoformat(now()),
                 "created_by": writer_info(),
-                "run_id": _run_id(run),
+                "run_id": run_id_of(run),
                 **fields,
             }
             log = SeqLog(self._storage, versions_prefix(name))
@@ -399,7 +387,7 @@ class Shelf:
             raise self._missing_artifact(Ref(name))
         aliases = self._alias_map(name)
         states = self._all_states(name)
-        live = [(rec, states.get(n, _initial_state(rec))) for n, rec in records]
+        live = [(rec, states.get(n, initial_state(rec))) for n, rec in records]
         live = [(rec, st) for rec, st in live if not st.get("deleted")]
         latest = int(live[-1][0]["version"]) if live else None
         return [self._version(rec, st, aliases, latest) for rec, st in live]
@@ -448,117 +436,6 @@ class Shelf:
                 f"The manifest {self._storage.describe(key)} is missing."
             ) from None
         return Manifest.from_bytes(data, self._storage.describe(key))
-
-    # -- mutable state: tags, description, metadata --------------------------------------
-    def _state(self, name: str, version: int, record: dict[str, Any]) -> dict[str, Any]:
-        _, head = SeqLog(self._storage, state_prefix(name, version), hint=False).head()
-        return head if head is not None else _initial_state(record)
-
-    def _all_states(self, name: str) -> dict[int, dict[str, Any]]:
-        prefix = state_prefix(name, 0).rsplit("/", 1)[0]
-        latest: dict[int, str] = {}
-        for key in self._storage.find(prefix):
-            parts = key.split("/")
-            latest[int(parts[-2])] = max(latest.get(int(parts[-2]), ""), key)
-        got = self._storage.read_many(list(latest.values()))
-        return {n: loads(got[k], k) for n, k in latest.items() if k in got}
-
-    def _update_state(
-        self, name: str, version: int, change: Callable[[dict[str, Any]], None]
-    ) -> dict[str, Any]:
-        record = SeqLog(self._storage, versions_prefix(name)).get(version)
-        if record is None:
-            raise NotFoundError(f"{name}:v{version} does not exist.", ref=f"{name}:v{version}")
-
-        def make(_n: int, head: dict[str, Any] | None) -> dict[str, Any] | None:
-            base = head if head is not None else _initial_state(record)
-            state: dict[str, Any] = copy.deepcopy(base)
-            if state.get("deleted"):
-                raise NotFoundError(f"{name}:v{version} was deleted.", ref=f"{name}:v{version}")
-            before = json.dumps(state, sort_keys=True)
-            change(state)
-            if json.dumps(state, sort_keys=True) == before:
-                return None
-            state["at"] = isoformat(now())
-            return state
-
-        log = SeqLog(self._storage, state_prefix(name, version), hint=False)
-        if log.head()[1] is None:
-            # The first change: start the log with the state as committed, then change it.
-            log.storage.create(log.key(0), dumps(_initial_state(record)))
-        return log.append(make)[1]
-
-    # -- aliases -------------------------------------------------------------------------
-    def _alias_map(self, name: str) -> dict[str, int]:
-        _, head = SeqLog(self._storage, aliases_prefix(name)).head()
-        return {k: int(v) for k, v in (head or {}).get("aliases", {}).items()}
-
-    def _move_aliases(self, name: str, moves: dict[str, int | None], *, run: Any = None) -> None:
-        for alias in moves:
-            validate_alias(alias)
-        if LATEST in moves:
-            raise ConflictError(
-                "'latest' is managed by the shelf: it always points to the newest version. "
-                "Choose another alias, such as 'best' or 'production'."
-            )
-        run_id = _run_id(run)
-        versions = SeqLog(self._storage, versions_prefix(name))
-        for alias, target in moves.items():
-            if target is not None and versions.get(target) is None:
-                raise NotFoundError(f"Cannot set {alias!r}: {name}:v{target} does not exist.")
-
-        def make(_n: int, head: dict[str, Any] | None) -> dict[str, Any] | None:
-            current = dict((head or {}).get("aliases", {}))
-            at = isoformat(now())
-            events = []
-            for alias, target in moves.items():
-                previous = current.get(alias)
-                if previous == target:
-                    continue
-                if target is None:
-                    current.pop(alias, None)
-                else:
-                    current[alias] = target
-                events.append(
-                    {"alias": alias, "from": previous, "to": target, "at": at, "run_id": run_id}
-                )
-            if not events:
-                return None
-            return {"aliases": current, "events": events, "by": writer_info()}
-
-        SeqLog(self._storage, aliases_prefix(name)).append(make)
-
-    def _remove_alias(self, name: str, alias: str, version: int, *, run: Any = None) -> None:
-        current = self._alias_map(name).get(alias)
-        if current != version:
-            where = f"it points to v{current}" if current is not None else "it is not set"
-            raise NotFoundError(f"{name}:v{version} has no alias {alias!r} ({where}).")
-        self._move_aliases(name, {alias: None}, run=run)
-
-    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
-        """Every move of ``alias`` (or of every alias) of ``name``, oldest first.
-
-        ``latest`` moves with each new version; its history is derived from the versions.
-        """
-        validate_name(name)
-        if alias is not None and alias != LATEST:
-            validate_alias(alias)
-        events = []
-        for _n, record in SeqLog(self._storage, aliases_prefix(name)).all():
-            for e in record.get("events", []):
-                if alias is None or e["alias"] == alias:
-                    events.append(
-                        AliasEvent(e["alias"], e["to"], _parse(e["at"]), e.get("run_id"), e["from"])
-                    )
-        if alias in (None, LATEST):
-            previous = None
-            for _n, rec in SeqLog(self._storage, versions_prefix(name)).all():
-                n = int(rec["version"])
-                events.append(
-                    AliasEvent(LATEST, n, _parse(rec["created_at"]), rec.get("run_id"), previous)
-                )
-                previous = n
-        return sorted(events, key=lambda e: e.at)
 
     # -- models --------------------------------------------------------------------------
     def log_model(
@@ -707,17 +584,3 @@ class Shelf:
         """
         target = to if isinstance(to, Shelf) else Shelf(to)
         return copy_versions(self, ref, target, aliases=aliases)
-
-
-def _initial_state(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "tags": list(record.get("tags", [])),
-        "description": record.get("description"),
-        "metadata": dict(record.get("metadata", {})),
-    }
-
-
-def _parse(text: str) -> Any:
-    from ._layout import parse_time
-
-    return parse_time(text)
