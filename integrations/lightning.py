@@ -173,6 +173,10 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
             saved = state.get("callbacks", {}).get(callback.state_key)
             if saved is not None:
                 callback.load_state_dict(saved)
+        for owner in (getattr(trainer, "datamodule", None), trainer.precision_plugin):
+            key = type(owner).__qualname__  # where Lightning files their states (AMP scaler, ...)
+            if owner is not None and key in state:
+                owner.load_state_dict(state[key])
         trainer.fit_loop.load_state_dict(state["loops"]["fit_loop"])
         pl_module.on_load_checkpoint(state)
         self._last_step = int(state.get("global_step", -1))
