@@ -1,10 +1,137 @@
-"""The fastai adapter: ``ShelfCheckpoint`` (SPEC §5) lands here with its issue.
+"""fastai: ``ShelfCheckpoint``, a fastai ``Callback`` over modelshelf's checkpoint engine.
 
-Importing this module already checks that fastai is installed and names the extra otherwise.
+Usage::
+
+    from modelshelf.integrations.fastai import ShelfCheckpoint
+    learn.fit_one_cycle(10, cbs=ShelfCheckpoint("digits-cnn", monitor="valid_loss"))
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from modelshelf._checkpoint import STATE_FILE, CheckpointEngine
 from modelshelf._deps import require
 
-fastai = require("fastai", "modelshelf.integrations.fastai")
+require("fastai", "modelshelf.integrations.fastai")
+
+from fastai.callback.core import Callback, CancelEpochException  # noqa: E402
+from fastai.learner import Recorder  # noqa: E402
+from fastai.torch_core import rank_distrib  # noqa: E402
+
+from modelshelf._model import learner_settings  # noqa: E402
+from modelshelf._torch_training import load_state, model_parts, version_weights  # noqa: E402
+
+
+def _fastai_mode(monitor: str) -> str:
+    """TrackerCallback's rule: names with ``loss`` or ``error`` minimise, others maximise."""
+    return "min" if "loss" in monitor or "error" in monitor else "max"
+
+
+class ShelfCheckpoint(Callback):  # type: ignore[misc]
+    """Checkpoint to the artifact ``name`` after each checked epoch (SPEC §5).
+
+    Besides the shared arguments: ``init_args`` (the arguments that rebuild the model, so that
+    ``load_model`` needs no ``model=``) and ``allow_pickle`` (let ``resume`` unpickle a state
+    that ``weights_only`` loading refuses).
+    """
+
+    order = Recorder.order + 1  # after the Recorder has the epoch's values
+    remove_on_fetch = True
+
+    def __init__(
+        self,
+        name: str,
+        shelf: Any = None,
+        monitor: str | None = None,
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        save: str | None = None,
+        every_n_epochs: int = 1,
+        keep_last: int | None = None,
+        aliases: Any = (),
+        config: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        save_weights_only: bool = False,
+        resume: bool = False,
+        background: bool = True,
+        run: Any = None,
+        init_args: dict[str, Any] | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.engine = CheckpointEngine(
+            name, shelf, monitor, mode, min_delta, save, every_n_epochs, keep_last, aliases,
+            config, metadata, save_weights_only, resume, background, run, auto_mode=_fastai_mode,
+        )  # fmt: skip
+        self.init_args, self.allow_pickle, self.skip_to = init_args, allow_pickle, 0
+
+    def before_fit(self) -> None:
+        # Like TrackerCallback: stay out of lr_find and get_preds.
+        self.run = not hasattr(self, "lr_finder") and not hasattr(self, "gather_preds")
+        if not self.run:
+            return
+        learn = self.learn
+        params = list(learn.model.parameters())
+        config = {
+            "learner": learner_settings(learn),
+            "n_epoch": self.n_epoch,
+            "batch_size": learn.dls.bs,
+            "n_batches": {"train": len(learn.dls.train), "valid": len(learn.dls.valid)},
+            "n_items": {"train": len(learn.dls.train_ds), "valid": len(learn.dls.valid_ds)},
+            "model": {
+                "class": type(learn.model).__qualname__,
+                "parameters": sum(p.numel() for p in params),
+            },
+            "frozen": getattr(learn.opt, "frozen_idx", 0) > 0,
+        }
+        self.engine.begin(config, is_writer=rank_distrib() == 0)
+        self.skip_to = 0
+        if self.engine.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        version = self.engine.resume_from()
+        if version is None:
+            return
+        state = load_state(version.path(STATE_FILE), self.allow_pickle, version.ref)
+        self.learn.model.load_state_dict(version_weights(version))
+        self.learn.opt.load_state_dict(state["opt"])
+        self.skip_to = int(state["epoch"]) + 1  # as fastai's own fit(start_epoch=...) does
+
+    def before_epoch(self) -> None:
+        if self.epoch < self.skip_to:
+            raise CancelEpochException
+
+    def after_epoch(self) -> None:
+        if self.epoch < self.skip_to or not self.engine.due(self.epoch):
+            return
+        names = list(self.recorder.metric_names[1:])  # without "epoch"; values omit "time"
+        metrics = {
+            n: float(v)
+            for n, v in zip(names, self.recorder.values[-1], strict=False)
+            if v is not None
+        }
+        decision = self.engine.decide(metrics)
+        self.engine.note(decision)
+        state = None
+        if decision.save and not self.engine.save_weights_only:
+            opt = self.learn.opt.state_dict()  # plain containers: it loads with weights_only
+            plain = {
+                "state": [dict(x) for x in opt["state"]],
+                "hypers": [dict(h) for h in opt["hypers"]],
+            }
+            state = {"opt": plain, "epoch": self.epoch}
+        learn, init_args = self.learn, self.init_args
+
+        def snapshot() -> Any:
+            parts = model_parts(learn.model, state, "fastai", init_args)
+            parts.info.update(format="fastai", learner=learner_settings(learn))
+            return parts
+
+        self.engine.commit(
+            decision, epoch=self.epoch, step=self.train_iter, metrics=metrics, snapshot=snapshot
+        )
+
+    def after_fit(self) -> None:
+        self.run = True
+        self.engine.end()
