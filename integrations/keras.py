@@ -1,10 +1,148 @@
-"""The keras adapter: ``ShelfCheckpoint`` (SPEC §5) lands here with its issue.
+"""Keras 3: ``ShelfCheckpoint``, a ``keras.callbacks.Callback`` over modelshelf's engine.
 
-Importing this module already checks that keras is installed and names the extra otherwise.
+Works under every Keras backend (TensorFlow, torch, JAX). Usage::
+
+    from modelshelf.integrations.keras import ShelfCheckpoint
+    cb = ShelfCheckpoint("digits-cnn", monitor="val_loss", resume=True)
+    model.fit(x, y, epochs=20, initial_epoch=cb.initial_epoch, callbacks=[cb])
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from modelshelf._checkpoint import CheckpointEngine, Parts, keras_like_mode
 from modelshelf._deps import require
 
 keras = require("keras", "modelshelf.integrations.keras")
+
+from modelshelf._model import KERAS_FILE, _Blob, _keras_parts  # noqa: E402
+
+WEIGHTS_FILE = "model.weights.h5"
+
+
+def _is_chief() -> bool:
+    """Multi-worker training names its chief in TF_CONFIG; everything else is the chief."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True
+    task = config.get("task", {})
+    kind = task.get("type")
+    if kind in (None, "chief"):
+        return True
+    # Without a chief in the cluster, worker 0 acts as the chief (tf.distribute's rule).
+    no_chief = "chief" not in config.get("cluster", {})
+    return bool(kind == "worker" and int(task.get("index", 0)) == 0 and no_chief)
+
+
+class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+    """Checkpoint to the artifact ``name`` at the end of each checked epoch (SPEC §5).
+
+    A version holds the native ``.keras`` archive (architecture, weights, optimizer state) or,
+    with ``save_weights_only=True``, ``model.weights.h5``. With ``resume=True`` the weights and
+    optimizer state come back from ``latest`` at train begin; Keras gives callbacks no public
+    way to move the starting epoch, so pass ``initial_epoch=cb.initial_epoch`` to ``fit`` (it
+    is the epoch after ``latest``'s, or 0).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        shelf: Any = None,
+        monitor: str | None = None,
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        save: str | None = None,
+        every_n_epochs: int = 1,
+        keep_last: int | None = None,
+        aliases: Any = (),
+        config: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        save_weights_only: bool = False,
+        resume: bool = False,
+        background: bool = True,
+        run: Any = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        super().__init__()
+        self.engine = CheckpointEngine(
+            name, shelf, monitor, mode, min_delta, save, every_n_epochs, keep_last, aliases,
+            config, metadata, save_weights_only, resume, background, run,
+            auto_mode=keras_like_mode, state_file=KERAS_FILE,
+        )  # fmt: skip
+        self.allow_pickle = allow_pickle
+        self._resumed: Any = None
+
+    @property
+    def initial_epoch(self) -> int:
+        """The epoch to start from: the one after ``latest``'s when resuming, else 0."""
+        if not self.engine.resume:
+            return 0
+        if self._resumed is None:
+            self._resumed = self.engine.resume_from() or False
+        return int(self._resumed.metadata["epoch"]) + 1 if self._resumed else 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        model = self.model
+        config: dict[str, Any] = {
+            "params": dict(self.params or {}),
+            "backend": keras.backend.backend(),
+        }
+        try:
+            config["model"] = model.get_config()
+        except NotImplementedError:  # a subclassed model without get_config
+            config["model"] = {"class": type(model).__qualname__}
+        if model.optimizer is not None:
+            config["optimizer"] = model.optimizer.get_config()
+        config["compile"] = model.get_compile_config() or {}  # loss, metrics, ... as given
+        config["keras"] = keras.__version__
+        self.engine.begin(config, is_writer=_is_chief())
+        if self.engine.resume and self.initial_epoch > 0:
+            self._restore()
+
+    def _restore(self) -> None:
+        path = self._resumed.path(KERAS_FILE)
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(path)  # the archive's weights and optimizer variables
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if not self.engine.due(epoch):
+            return
+        metrics = {k: float(v) for k, v in (logs or {}).items() if _scalar(v)}
+        decision = self.engine.decide(metrics)
+        self.engine.note(decision)
+        model, weights_only = self.model, self.engine.save_weights_only
+
+        def snapshot() -> Parts:
+            # Keras writes its archive itself: done here, on the training thread; hashing and
+            # storing it happen in the background.
+            tmp = Path(tempfile.mkdtemp(prefix="modelshelf-keras-"))
+            cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
+            if weights_only:
+                model.save_weights(tmp / WEIGHTS_FILE)
+                info = {"format": "keras", "framework": "keras", "file": WEIGHTS_FILE,
+                        "weights_only": True, "backend": keras.backend.backend()}  # fmt: skip
+                return Parts({WEIGHTS_FILE: _Blob(path=tmp / WEIGHTS_FILE)}, info, cleanup=cleanup)
+            blobs, info = _keras_parts(model, tmp)
+            return Parts(blobs, info, cleanup=cleanup)
+
+        step = (epoch + 1) * int((self.params or {}).get("steps") or 0)
+        self.engine.commit(decision, epoch=epoch, step=step, metrics=metrics, snapshot=snapshot)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.engine.end()
+
+
+def _scalar(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

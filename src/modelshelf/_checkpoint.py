@@ -120,6 +120,7 @@ class Parts:
     blobs: dict[str, Any]
     info: dict[str, Any]
     files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+    cleanup: Callable[[], None] | None = None  # called once the write is over (temp files)
 
 
 class CheckpointEngine:
@@ -144,6 +145,7 @@ class CheckpointEngine:
         run: Any = None,
         *,
         auto_mode: Callable[[str], str | None] = keras_like_mode,
+        state_file: str = STATE_FILE,
     ) -> None:
         self.name = validate_name(name)
         if monitor is not None and not isinstance(monitor, str):
@@ -171,6 +173,7 @@ class CheckpointEngine:
         self.save_weights_only, self.resume, self.background = save_weights_only, resume, background
         self._shelf_arg, self.run = shelf, run
         self._auto_mode = auto_mode
+        self.state_file = state_file  # the file of a version that resuming needs
         self._owned_run: Any = None
         self.best: float | None = None
         self.best_version: int | None = None
@@ -304,17 +307,12 @@ class CheckpointEngine:
         aliases = [*self.aliases, *(["best"] if decision.improved else [])]
 
         def write() -> None:
-            from ._model import _Blob, log_parts
 
-            with tempfile.TemporaryDirectory(prefix="modelshelf-ckpt-") as tmp:
-                blobs = dict(parts.blobs)
-                for file_name, write_file in parts.files.items():
-                    path = Path(tmp) / file_name
-                    write_file(path)
-                    blobs[file_name] = _Blob(path=path)
-                version = log_parts(
-                    self.shelf, self.name, blobs, dict(parts.info), meta, aliases, self.run
-                )
+            try:
+                version = self._write(parts, meta, aliases)
+            finally:
+                if parts.cleanup is not None:
+                    parts.cleanup()
             if decision.improved:
                 self.best_version = version.version
             if self.keep_last is not None and self.shelf.prune(self.name, keep_last=self.keep_last):
@@ -327,6 +325,19 @@ class CheckpointEngine:
         else:
             write()
 
+    def _write(self, parts: Parts, meta: dict[str, Any], aliases: list[str]) -> Any:
+        from ._model import _Blob, log_parts
+
+        with tempfile.TemporaryDirectory(prefix="modelshelf-ckpt-") as tmp:
+            blobs = dict(parts.blobs)
+            for file_name, write_file in parts.files.items():
+                path = Path(tmp) / file_name
+                write_file(path)
+                blobs[file_name] = _Blob(path=path)
+            return log_parts(
+                self.shelf, self.name, blobs, dict(parts.info), meta, aliases, self.run
+            )
+
     # -- resuming ------------------------------------------------------------------------
     def resume_from(self) -> Any | None:
         """The ``latest`` version to resume from (restoring the best score), or None."""
@@ -337,7 +348,7 @@ class CheckpointEngine:
                 "ShelfCheckpoint(resume=True): %r has no version yet; starting fresh.", self.name
             )
             return None
-        if STATE_FILE not in version.files:
+        if self.state_file not in version.files:
             raise ConflictError(
                 f"Cannot resume from {version.ref}: it holds the weights only (it was saved with "
                 "save_weights_only=True). Resume needs full checkpoints: save_weights_only=False."

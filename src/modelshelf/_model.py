@@ -299,6 +299,11 @@ def load_model(shelf: Shelf, ref: str, *, model: Any, map_location: Any, allow_p
             raise
     if fmt == "keras":
         assert isinstance(info, dict)
+        if info.get("weights_only") and model is None:
+            raise UnsupportedModelError(
+                f"{version.ref} holds Keras weights only (saved with save_weights_only=True): "
+                f"build the model and pass it, load_model({version.ref!r}, model=model)."
+            )
         return _load_keras(version.path(info["file"]), model, allow_pickle)
     return _load_files(version, model, map_location, allow_pickle)
 
