@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python examples/core_demo.py
+	$(BIN)/python examples/demo.py
 
 lint: install
 	$(BIN)/ruff check $(CHECKED)

@@ -161,9 +161,15 @@ def metrics_of(version: ArtifactVersion) -> dict[str, Any]:
     run = version.logged_by()
     if run is not None:
         out.update({k: v for k, v in flatten(run.summary).items() if _num(v)})
-    # "model" (what log_model records) and "config" are descriptions, not metrics.
-    meta = {k: v for k, v in version.metadata.items() if k not in ("model", "config")}
-    out.update({k.removeprefix("metrics."): v for k, v in flatten(meta).items() if _num(v)})
+    # A "metrics" dict, when there is one (checkpoints have it), holds the metrics, and the
+    # other numbers (epoch, step, ...) are bookkeeping; without one, every number counts.
+    # "model" (what log_model records) and "config" are descriptions, never metrics.
+    metrics = version.metadata.get("metrics")
+    if isinstance(metrics, dict):
+        meta: dict[str, Any] = metrics
+    else:
+        meta = {k: v for k, v in version.metadata.items() if k not in ("model", "config")}
+    out.update({k: v for k, v in flatten(meta).items() if _num(v)})
     return out
 
 
