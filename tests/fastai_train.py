@@ -6,10 +6,7 @@ python fastai_train.py SHELF --epochs N [--resume] [--kill-after-version K] [--o
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,6 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import modelshelf as ms
+from preempt import kill_when_logged
 from zoo import MLP, digits
 
 
@@ -45,14 +43,7 @@ class KillAfter(Callback):
     def after_epoch(self) -> None:
         if self.epoch < self.version:
             return
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.shelf.get(f"net:v{self.version}")
-            except ms.NotFoundError:
-                time.sleep(0.05)
-                continue
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_when_logged(self.shelf, f"net:v{self.version}")
 
 
 def main() -> None:

@@ -7,9 +7,6 @@ python keras_train.py SHELF --epochs N [--resume] [--kill-after-version K] [--ou
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import time
 
 import numpy as np
 from modelshelf.integrations.keras import ShelfCheckpoint
@@ -17,6 +14,7 @@ from sklearn.datasets import load_digits
 
 import keras
 import modelshelf as ms
+from preempt import kill_when_logged
 
 
 def data() -> tuple[np.ndarray, np.ndarray]:
@@ -45,14 +43,7 @@ class KillAfter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: object = None) -> None:
         if epoch < self.version:
             return
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.shelf.get(f"net:v{self.version}")
-            except ms.NotFoundError:
-                time.sleep(0.05)
-                continue
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_when_logged(self.shelf, f"net:v{self.version}")
 
 
 def main() -> None:

@@ -6,10 +6,7 @@ python lightning_train.py SHELF --epochs N [--resume] [--kill-after-version K] [
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import modelshelf as ms
+from preempt import kill_when_logged
 from zoo import digits
 
 
@@ -63,14 +61,7 @@ class KillAfter(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch < self.version:  # with save="all", version K is epoch K's
             return
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.shelf.get(f"net:v{self.version}")
-            except ms.NotFoundError:
-                time.sleep(0.05)
-                continue
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_when_logged(self.shelf, f"net:v{self.version}")
 
 
 def main() -> None:
