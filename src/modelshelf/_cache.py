@@ -20,7 +20,7 @@ import itertools
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,25 +68,20 @@ def _source(version: ArtifactVersion, rel: str, entry: FileEntry) -> Iterator[by
     return itertools.chain.from_iterable(storage.iter_chunks(blob_key(h)) for h in hexes)
 
 
-def _fetch(version: ArtifactVersion, rel: str, entry: FileEntry) -> Path:
-    """Download one file into the blob cache, checking its size and digest on the way."""
+def _into_cache(chunks: Iterator[bytes], check: Callable[[str, int], None]) -> Path:
+    """Write ``chunks`` into the blob cache under their sha256, once ``check(hex, size)``
+    accepts them (it raises IntegrityError otherwise, and nothing is kept)."""
     tmp = _tmp_path()
     h, size = hashlib.sha256(), 0
     try:
         with open(tmp, "wb") as f:
-            for chunk in _source(version, rel, entry):
+            for chunk in chunks:
                 h.update(chunk)
                 size += len(chunk)
                 f.write(chunk)
                 report(len(chunk))
         hexdigest = h.hexdigest()
-        if (entry.digest and entry.hex != hexdigest) or size != entry.size:
-            raise IntegrityError(
-                f"{version.ref}: {rel!r} is corrupted: expected {entry.size} bytes with "
-                f"{entry.digest}, read {size} bytes with sha256:{hexdigest}.",
-                ref=version.ref,
-                files=[rel],
-            )
+        check(hexdigest, size)
         dest = blob_path(hexdigest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
@@ -96,6 +91,21 @@ def _fetch(version: ArtifactVersion, rel: str, entry: FileEntry) -> Path:
         return dest
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fetch(version: ArtifactVersion, rel: str, entry: FileEntry) -> Path:
+    """Download one file into the blob cache, checking its size and digest on the way."""
+
+    def check(hexdigest: str, size: int) -> None:
+        if (entry.digest and entry.hex != hexdigest) or size != entry.size:
+            raise IntegrityError(
+                f"{version.ref}: {rel!r} is corrupted: expected {entry.size} bytes with "
+                f"{entry.digest}, read {size} bytes with sha256:{hexdigest}.",
+                ref=version.ref,
+                files=[rel],
+            )
+
+    return _into_cache(_source(version, rel, entry), check)
 
 
 def _cached_blob(version: ArtifactVersion, rel: str, entry: FileEntry, verify: bool) -> Path:
@@ -211,21 +221,12 @@ def cached_blob_from(storage: Storage, hexdigest: str) -> Path:
     dest = blob_path(hexdigest)
     if dest.exists() and _hashcache.file_digest(dest) == hexdigest:
         return dest
-    tmp = _tmp_path()
-    try:
-        h = hashlib.sha256()
-        with open(tmp, "wb") as f:
-            for chunk in storage.iter_chunks(blob_key(hexdigest)):
-                h.update(chunk)
-                f.write(chunk)
-        if h.hexdigest() != hexdigest:
+
+    def check(got: str, _size: int) -> None:
+        if got != hexdigest:
             raise IntegrityError(
                 f"The blob {storage.describe(blob_key(hexdigest))} is corrupted "
-                f"(its bytes hash to {h.hexdigest()})."
+                f"(its bytes hash to {got})."
             )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    return _into_cache(storage.iter_chunks(blob_key(hexdigest)), check)

@@ -99,11 +99,18 @@ class _Blob:
 
 
 def _torch_parts(
-    model: Any, init_args: dict[str, Any] | None
+    model: Any, init_args: dict[str, Any] | None, *, to_host: bool = False
 ) -> tuple[dict[str, _Blob], dict[str, Any]]:
+    """The safetensors weights of a torch model and what describes it.
+
+    ``to_host``: copy the tensors to CPU memory now (a checkpoint snapshot taken while
+    training goes on); otherwise they are read from the model when the file is written.
+    """
     from . import _torch_format as tf
 
     tensors, aliases = tf.split_shared(model.state_dict())
+    if to_host:
+        tensors = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
     info = {
         "format": "torch",
         "framework": "lightning" if tf.is_lightning(model) else "torch",

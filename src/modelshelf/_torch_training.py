@@ -12,8 +12,8 @@ import torch
 
 from ._checkpoint import STATE_FILE, Parts
 from ._errors import UnsafeLoadError
-from ._model import _Blob
-from ._torch_format import WEIGHTS, describe, recipe, safetensors_stream, split_shared
+from ._model import _torch_parts
+from ._torch_format import WEIGHTS
 
 
 def to_host(obj: Any) -> Any:
@@ -54,16 +54,8 @@ def model_parts(
     The training state is stored without its copy of the weights (``state_dict``): those are
     in the safetensors file already, and resuming reads them from there.
     """
-    tensors, tied = split_shared(model.state_dict())
-    host = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
-    info = {
-        "format": "torch",
-        "framework": framework,
-        "weights": WEIGHTS,
-        "tied": tied,
-        "recipe": recipe(model, init_args),
-        **describe(model, host),
-    }
+    blobs, info = _torch_parts(model, init_args, to_host=True)
+    info["framework"] = framework
     files: dict[str, Callable[[Path], None]] = {}
     if state is not None:
         snapshot = to_host({k: v for k, v in state.items() if k != "state_dict"})
@@ -72,9 +64,7 @@ def model_parts(
             torch.save(snapshot, path)
 
         files[STATE_FILE] = write_state
-    return Parts(
-        blobs={WEIGHTS: _Blob(stream=lambda: safetensors_stream(host))}, info=info, files=files
-    )
+    return Parts(blobs=blobs, info=info, files=files)
 
 
 def load_state(path: Path, allow_pickle: bool, ref: str) -> dict[str, Any]:
