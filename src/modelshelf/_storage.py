@@ -250,31 +250,36 @@ class Storage:
         (an upload is visible whole or not at all, so ``expected`` is required there); other
         filesystems get a temporary name, moved into place.
         """
-        hasher = Hasher()
         if self.object_store and expected is not None:
-            f = self.fs.open(self.path(key_for(expected)), "wb")
-            try:
-                digest = self._copy_into(source, f, hasher)
-                if expected is not None and digest != expected:
-                    raise ChangedWhileReading(source)
-            except BaseException:
-                hasher.abandon()
-                _discard(f)
-                raise
-            f.close()
-            return digest
+            changed = ChangedWhileReading(source)
+            return self._write_final(key_for(expected), _file_chunks(source), expected, changed)[0]
         tmp = f"tmp/{uuid.uuid4().hex}"
         try:
             with self.fs.open(self.path(tmp), "wb") as f:
-                digest = self._copy_into(source, f, hasher)
+                digest, _ = _write_hashed(_file_chunks(source), f)
             if expected is not None and digest != expected:
                 raise ChangedWhileReading(source)
             self.fs.mv(self.path(tmp), self.path(key_for(digest)))
         except BaseException:
-            hasher.abandon()
             self.delete(tmp)
             raise
         return digest
+
+    def _write_final(
+        self, key: str, chunks: Iterable[Any], expected: str, changed: Exception
+    ) -> tuple[str, int]:
+        """Upload to an object store's final key; complete it only if the bytes hash to
+        ``expected`` (else abort, so nothing becomes visible, and raise ``changed``)."""
+        f = self.fs.open(self.path(key), "wb")
+        try:
+            digest, size = _write_hashed(chunks, f)
+            if digest != expected:
+                raise changed
+        except BaseException:
+            _discard(f)
+            raise
+        f.close()
+        return digest, size
 
     def put_stream(
         self, chunks: Callable[[], Iterable[Any]], key_for: Callable[[str], str]
@@ -293,21 +298,8 @@ class Storage:
             digest = h.hexdigest()
             if self.exists(key_for(digest)):
                 return digest, size
-            f = self.fs.open(self.path(key_for(digest)), "wb")
-            hasher = Hasher()
-            try:
-                for chunk in chunks():
-                    hasher.update(chunk)
-                    f.write(chunk)
-                    report(len(memoryview(chunk).cast("B")))
-                if hasher.hexdigest() != digest:
-                    raise OSError("the bytes changed between the two passes over them")
-            except BaseException:
-                hasher.abandon()
-                _discard(f)
-                raise
-            f.close()
-            return digest, size
+            changed = OSError("the bytes changed between the two passes over them")
+            return self._write_final(key_for(digest), chunks(), digest, changed)
         tmp = f"tmp/{uuid.uuid4().hex}"
         try:
             with self.fs.open(self.path(tmp), "wb") as f:
@@ -318,19 +310,16 @@ class Storage:
             raise
         return digest, size
 
-    @staticmethod
-    def _copy_into(source: str | os.PathLike[str], f: IO[bytes], hasher: Hasher) -> str:
-        with open(source, "rb", buffering=0) as src:
-            while chunk := src.read(CHUNK_SIZE):
-                hasher.update(chunk)
-                f.write(chunk)
-                report(len(chunk))
-        return hasher.hexdigest()
-
     def iter_chunks(self, key: str) -> Iterator[bytes]:
         with self.open_read(key) as f:
             while chunk := f.read(CHUNK_SIZE):
                 yield chunk
+
+
+def _file_chunks(source: str | os.PathLike[str]) -> Iterator[bytes]:
+    with open(source, "rb", buffering=0) as src:
+        while chunk := src.read(CHUNK_SIZE):
+            yield chunk
 
 
 def _write_hashed(chunks: Iterable[Any], f: IO[bytes]) -> tuple[str, int]:
