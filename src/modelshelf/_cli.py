@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from ._errors import ModelshelfError
+from ._layout import human_size
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 
@@ -44,15 +45,6 @@ def _shelf() -> Any:
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
 
 
 def _when(version: Any) -> str:
@@ -139,7 +131,9 @@ def ls(
             return
         table = Table("name", "type", "versions", "latest", "size", box=None)
         for r in rows:
-            table.add_row(r["name"], r["type"], str(r["versions"]), r["latest"], _size(r["size"]))
+            table.add_row(
+                r["name"], r["type"], str(r["versions"]), r["latest"], human_size(r["size"])
+            )
         out.print(table)
         return
     versions = shelf.versions(name)
@@ -152,7 +146,7 @@ def ls(
             v.ref,
             ", ".join(v.aliases),
             ", ".join(v.tags),
-            _size(v.size),
+            human_size(v.size),
             _when(v),
             v.run_id or "",
         )
@@ -167,7 +161,7 @@ def show(ref: str, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json({**v.to_dict(), "files": files})
         return
-    out.print(f"[bold]{v.ref}[/bold]  ({v.type}, {_size(v.size)}, created {_when(v)})")
+    out.print(f"[bold]{v.ref}[/bold]  ({v.type}, {human_size(v.size)}, created {_when(v)})")
     out.print(f"aliases: {', '.join(v.aliases) or '-'}    tags: {', '.join(v.tags) or '-'}")
     if v.description:
         out.print(f"description: {v.description}")
@@ -178,7 +172,7 @@ def show(ref: str, as_json: JsonOpt = False) -> None:
         out.print("metadata: " + json.dumps(v.metadata, sort_keys=True))
     table = Table("file", "size", "digest / uri", box=None)
     for p, f in sorted(v.files.items()):
-        table.add_row(p, _size(f.size), f.uri or (f.digest or "")[:19])
+        table.add_row(p, human_size(f.size), f.uri or (f.digest or "")[:19])
     out.print(table)
 
 
@@ -302,7 +296,7 @@ def log(
     if as_json:
         _print_json(v.to_dict())
     else:
-        out.print(f"{v.ref}  {_size(v.size)}  aliases: {', '.join(v.aliases)}")
+        out.print(f"{v.ref}  {human_size(v.size)}  aliases: {', '.join(v.aliases)}")
 
 
 @app.command()
@@ -462,7 +456,7 @@ def cache_info(as_json: JsonOpt = False) -> None:
         )
     else:
         held = f"{info.blobs} blob(s), {info.versions} version folder(s)"
-        out.print(f"{info.path}: {_size(info.bytes)} in {held}")
+        out.print(f"{info.path}: {human_size(info.bytes)} in {held}")
 
 
 @cache_app.command("prune")
@@ -479,8 +473,8 @@ def cache_prune(
     if as_json:
         _print_json(report.__dict__)
     else:
-        freed = f"freed {_size(report.freed_bytes)} ({report.freed_blobs} blob(s))"
-        out.print(f"{freed}; {_size(report.bytes_left)} left")
+        freed = f"freed {human_size(report.freed_bytes)} ({report.freed_blobs} blob(s))"
+        out.print(f"{freed}; {human_size(report.bytes_left)} left")
 
 
 def run(argv: list[str] | None = None) -> int:

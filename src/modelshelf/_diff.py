@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import IntegrityError, InvalidReferenceError, NotFoundError
+from ._layout import human_size
 
 if TYPE_CHECKING:
     from ._shelf import Shelf
@@ -93,7 +94,8 @@ class Diff:
         marks = {"added": "+", "removed": "-", "changed": "~"}
         for f in self.files:
             if f.status in marks:
-                out.append(f"  {marks[f.status]} {f.path}  {_size(f.size_a)} -> {_size(f.size_b)}")
+                sizes = f"{human_size(f.size_a)} -> {human_size(f.size_b)}"
+                out.append(f"  {marks[f.status]} {f.path}  {sizes}")
         for title, section in (("metadata", self.metadata), ("config", self.config)):
             if section:
                 out.append(f"{title}:")
@@ -126,16 +128,6 @@ def _num(v: Any) -> bool:
 
 def _fmt(v: Any) -> str:
     return f"{v:.6g}" if _num(v) else ("-" if v is None else repr(v))
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

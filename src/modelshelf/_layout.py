@@ -68,6 +68,18 @@ def parse_time(text: str) -> _dt.datetime:
     return _dt.datetime.fromisoformat(text)
 
 
+def human_size(n: int | None) -> str:
+    """``1536`` -> ``"1.5 KiB"``; None -> ``"-"``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
 def writer_info() -> dict[str, Any]:
     """Who wrote a record: host, process and user (for audit and crash detection)."""
     try:
