@@ -80,10 +80,10 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "bob"], env=env, check=True)
         team = ms.Shelf(TEAM_SHELF)
         production = team.get(f"{MODEL}:production")
-        users = [
-            f"{r.job_type} run {r.id} on {r.environment['host']}" for r in production.used_by()
-        ]
-        print(f"\n{production.ref} on the team shelf, used by: {users}")
+        for r in production.used_by():
+            print(
+                f"\n{production.ref} was used by {r.job_type} run {r.id} on {r.environment['host']}"
+            )
         print(team.lineage(production.ref))
     finally:
         server.stop()
