@@ -30,6 +30,7 @@ import modelshelf as ms
 model = ms.load_model("kmodel:best", shelf=sys.argv[1])
 x = np.random.default_rng(0).random((4, 64)).astype("float32")
 import keras
+import lightning.pytorch  # after TensorFlow: must not crash (tensorflow/tensorflow#124205)
 print(json.dumps({"cls": type(model).__name__, "is_keras": isinstance(model, keras.Model),
                   "backend": keras.backend.backend(), "out": model.predict(x, verbose=0).tolist()}))
 """

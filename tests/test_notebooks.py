@@ -1,0 +1,90 @@
+"""The Colab notebooks run top to bottom on this project's kernel (nbclient), minus the cells
+tagged ``colab`` (the pip install and the Google Drive mount), and leave what they say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import modelshelf as ms
+
+COLAB = Path(__file__).resolve().parents[1] / "examples" / "colab"
+NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
+COLAB_ONLY = ("%pip", "!pip", "google.colab", "drive.mount")
+
+
+def load(name: str):  # type: ignore[no-untyped-def]
+    nbformat = pytest.importorskip("nbformat")
+    return nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+
+
+def execute(name: str, tmp_path: Path) -> str:
+    """Run the notebook (skipping ``colab`` cells); return the text of every output."""
+    nbclient = pytest.importorskip("nbclient")
+    nb = load(name)
+    nb.cells = [c for c in nb.cells if "colab" not in c.metadata.get("tags", [])]
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError, with the traceback, if a cell fails
+    texts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            texts.append(
+                output.get("text", "") or str(output.get("data", {}).get("text/plain", ""))
+            )
+    return "\n".join(texts)
+
+
+def printed(out: str, label: str) -> float:
+    return float(re.findall(rf"{label} ([0-9.]+)", out)[-1])
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_written_for_colab(name: str) -> None:
+    nb = load(name)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    first = code[0]
+    assert "colab" in first.metadata.get("tags", []) and "pip install" in first.source
+    assert "colab.research.google.com/github/" in nb.cells[0].source  # the Open-in-Colab badge
+    assert any("drive.mount" in c.source for c in code)
+    for cell in code:  # whatever only works on Colab is tagged, so the tests can skip it
+        if any(marker in cell.source for marker in COLAB_ONLY):
+            assert "colab" in cell.metadata.get("tags", []), cell.source
+        assert not cell.get("outputs"), "notebooks are committed without outputs"
+
+
+def test_expected_notebooks_exist() -> None:
+    assert NOTEBOOKS == [
+        "fastai_quickstart",
+        "inference",
+        "keras_quickstart",
+        "lightning_quickstart",
+    ]
+
+
+@pytest.mark.slow
+def test_quickstart_notebooks_then_inference_notebook(tmp_path: Path) -> None:
+    shelf = ms.shelf()  # the kernel inherits $MODELSHELF_ROOT from the test's environment
+
+    out = execute("lightning_quickstart", tmp_path)
+    assert printed(out, "test accuracy") > 0.5
+    cnn = shelf.get("digits-cnn:best")
+    assert cnn.version == shelf.versions("digits-cnn")[-1].version  # improved only: best = latest
+    assert cnn.metadata["model"]["recipe"]["class"] == "__main__:DigitsCNN"
+
+    out = execute("keras_quickstart", tmp_path)
+    assert printed(out, "test accuracy") > 0.5
+    assert shelf.get("digits-keras:best").metadata["model"]["format"] == "keras"
+
+    out = execute("fastai_quickstart", tmp_path)
+    assert printed(out, "test accuracy") > 0.5
+    assert 1 <= len(shelf.versions("digits-mlp")) <= 3  # keep_last=3
+
+    out = execute("inference", tmp_path)  # a new kernel: nothing in memory from training
+    assert printed(out, "keras test accuracy") > 0.5
+    assert printed(out, "torch test accuracy") > 0.5
+    assert shelf.get("digits-cnn:production").version == cnn.version
+    assert f"production -> v{cnn.version}" in out
