@@ -188,3 +188,39 @@ def test_team_sharing_over_s3() -> None:
     laptop = ms.shelf()  # Alice's own shelf keeps her copy
     alice_acc = laptop.get("digits-classifier:latest").metadata["metrics"]["test_acc"]
     assert f"{alice_acc:.3f}" == f"{printed(out):.3f}"  # Bob's copy predicts as Alice's did
+
+
+README_SETUP = """
+import os, sys
+sys.path.insert(0, {examples!r})
+from digits_nets import DigitsCNN, loaders
+model = DigitsCNN()
+train_loader, val_loader = loaders()
+os.makedirs("data/digits")
+with open("data/digits/labels.txt", "w") as f:
+    f.write("0 1 2 3 4 5 6 7 8 9")
+"""
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs_as_written(tmp_path: Path, s3_endpoint: str) -> None:
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("team-models", exist_ok=True)
+    readme = (REPO / "README.md").read_text()
+    (quick_start,) = re.findall(r"## Quick start\n\n```python\n(.*?)```", readme, re.S)
+    assert len(quick_start.strip().splitlines()) <= 15
+    script = tmp_path / "quick_start.py"
+    script.write_text(README_SETUP.format(examples=str(EXAMPLES)) + quick_start)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=os.environ.copy(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "tensors in model.safetensors" in proc.stdout  # the printed diff
+    shelf = ms.shelf()
+    assert shelf.get("digits-cnn:production").version == shelf.get("digits-cnn:best").version
+    accs = [v.metadata["metrics"]["val_acc"] for v in shelf.versions("digits-cnn")]
+    assert shelf.get("digits-cnn:best").metadata["metrics"]["val_acc"] == max(accs)
+    team = ms.Shelf("s3://team-models/shelf")
+    assert "labels.txt" in team.get("digits:latest").files
