@@ -21,11 +21,11 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from modelshelf.integrations.lightning import ShelfCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import modelshelf as ms
+from modelshelf.integrations.lightning import ShelfCheckpoint
 
 HERE = Path(__file__).resolve().parent
 

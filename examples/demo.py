@@ -14,11 +14,11 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 warnings.filterwarnings("ignore")
 
 import lightning.pytorch as L  # noqa: E402
-from modelshelf.integrations.lightning import ShelfCheckpoint  # noqa: E402
 
 import digits_data  # noqa: E402
 import modelshelf as ms  # noqa: E402
 from digits_nets import DigitsCNN, accuracy, datasets, loaders  # noqa: E402
+from modelshelf.integrations.lightning import ShelfCheckpoint  # noqa: E402
 
 NAME = "digits-cnn"
 

@@ -9,11 +9,11 @@ import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.metrics import accuracy as fastai_accuracy
-from modelshelf.integrations.fastai import ShelfCheckpoint
 from torch import nn
 
 import modelshelf as ms
 from digits_nets import DigitsMLP, accuracy, datasets
+from modelshelf.integrations.fastai import ShelfCheckpoint
 
 
 def main() -> None:

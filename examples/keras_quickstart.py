@@ -5,11 +5,11 @@ python examples/keras_quickstart.py            # shelf: $MODELSHELF_ROOT or ~/.m
 
 from __future__ import annotations
 
-from modelshelf.integrations.keras import ShelfCheckpoint
-
 import keras
+
 import modelshelf as ms
 from digits_data import load
+from modelshelf.integrations.keras import ShelfCheckpoint
 
 
 def main() -> None:

@@ -6,10 +6,10 @@ python examples/lightning_quickstart.py        # shelf: $MODELSHELF_ROOT or ~/.m
 from __future__ import annotations
 
 import lightning.pytorch as L
-from modelshelf.integrations.lightning import ShelfCheckpoint
 
 import modelshelf as ms
 from digits_nets import DigitsCNN, accuracy, datasets, loaders
+from modelshelf.integrations.lightning import ShelfCheckpoint
 
 
 def main() -> None:

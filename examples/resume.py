@@ -19,10 +19,10 @@ import time
 from typing import Any
 
 import lightning.pytorch as L
-from modelshelf.integrations.lightning import ShelfCheckpoint
 
 import modelshelf as ms
 from digits_nets import DigitsCNN, loaders
+from modelshelf.integrations.lightning import ShelfCheckpoint
 
 EPOCHS = 8
 

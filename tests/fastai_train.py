@@ -15,11 +15,11 @@ import torch
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from modelshelf.integrations.fastai import ShelfCheckpoint
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import modelshelf as ms
+from modelshelf.integrations.fastai import ShelfCheckpoint
 from preempt import kill_when_logged
 from zoo import MLP, digits
 

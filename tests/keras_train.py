@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 
+import keras
 import numpy as np
-from modelshelf.integrations.keras import ShelfCheckpoint
 from sklearn.datasets import load_digits
 
-import keras
 import modelshelf as ms
+from modelshelf.integrations.keras import ShelfCheckpoint
 from preempt import kill_when_logged
 
 

@@ -13,11 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lightning.pytorch as L
 import torch
-from modelshelf.integrations.lightning import ShelfCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import modelshelf as ms
+from modelshelf.integrations.lightning import ShelfCheckpoint
 from preempt import kill_when_logged
 from zoo import digits
 

@@ -14,11 +14,11 @@ pytest.importorskip("fastai")
 import torch
 from fastai.callback.core import Callback
 from fastai.metrics import Metric
-from modelshelf.integrations.fastai import ShelfCheckpoint
 from torch import nn
 
 import modelshelf as ms
 from fastai_train import learner
+from modelshelf.integrations.fastai import ShelfCheckpoint
 from zoo import digits
 
 SCRIPT = Path(__file__).resolve().parent / "fastai_train.py"

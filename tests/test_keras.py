@@ -16,10 +16,10 @@ if keras.backend.backend() != "tensorflow":
     pytest.skip("these tests run under the TensorFlow backend", allow_module_level=True)
 
 import numpy as np  # noqa: E402
-from modelshelf.integrations.keras import ShelfCheckpoint  # noqa: E402
 
 import modelshelf as ms  # noqa: E402
 from keras_train import build, data  # noqa: E402
+from modelshelf.integrations.keras import ShelfCheckpoint  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "keras_train.py"
 SCORES = [3.0, 2.0, 2.5, 1.0, 1.5, 1.2]  # improves at epochs 0, 1 and 3

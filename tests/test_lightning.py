@@ -13,11 +13,11 @@ import pytest
 L = pytest.importorskip("lightning.pytorch")
 torch = pytest.importorskip("torch")
 
-from modelshelf.integrations.lightning import ShelfCheckpoint  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import modelshelf as ms  # noqa: E402
+from modelshelf.integrations.lightning import ShelfCheckpoint  # noqa: E402
 from zoo import digits  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
