@@ -82,7 +82,12 @@ def main() -> None:
     for candidate in candidates:
         evaluate(shelf, candidate.ref)
 
-    print(f"{'version':<24}{'aliases':<20}{'val_acc':>8}{'test_acc':>9}  config")
+    print("train runs (config -> last metrics, epochs logged):")
+    for run in shelf.runs(job_type="train")[-2:]:
+        last = {k: round(v, 4) for k, v in run.summary.items()}
+        print(f"  {run.id} {run.status}: {run.config} -> {last}, {len(run.history())} epochs")
+
+    print(f"\n{'version':<24}{'aliases':<20}{'val_acc':>8}{'test_acc':>9}  config")
     for row in shelf.compare([c.ref for c in candidates]):
         m = row["metrics"]
         print(f"{row['ref']:<24}{','.join(row['aliases']):<20}{m['val_acc']:>8.3f}"

@@ -130,6 +130,7 @@ def test_pipeline_lineage_compare_and_promotion() -> None:
     production = shelf.get("digits-classifier:production")
     assert scores[production.ref] == max(scores.values()) > 0.5
     assert f"promoted {production.ref} to production" in out
+    assert out.count(" finished: {'batch_size': 64, 'epochs': 25, 'hidden': ") == 2  # both runs
     assert [e.version for e in shelf.alias_history("digits-classifier", "production")] == [
         production.version
     ]
