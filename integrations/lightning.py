@@ -111,6 +111,10 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
     # -- fit starts: config, run, resume -------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_step = -1
+        if (
+            trainer.fast_dev_run
+        ):  # a smoke test: no run, no resume, no versions (as Lightning's own)
+            return
         config = {
             "hparams": dict(pl_module.hparams),
             "optimizers": [optimizer_config(o) for o in trainer.optimizers],

@@ -184,3 +184,43 @@ def test_torch_backend(tmp_path: Path) -> None:
     shelf = ms.Shelf(tmp_path / "shelf")
     assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0, 1]
     assert shelf.get("net").metadata["model"]["backend"] == "torch"
+
+
+DIES_IN_FIT = r"""
+import sys, time
+import modelshelf._checkpoint as engine
+from modelshelf.integrations.keras import ShelfCheckpoint
+
+import keras
+from keras_train import build, data
+
+write = engine.CheckpointEngine._write
+def slow_write(self, *args, **kwargs):  # the write is still pending when fit dies
+    time.sleep(1.5)
+    return write(self, *args, **kwargs)
+engine.CheckpointEngine._write = slow_write
+
+class Diverged(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise RuntimeError("loss diverged")
+
+x, y = data()
+checkpoint = ShelfCheckpoint("net", shelf=sys.argv[1], monitor="loss")
+build().fit(x[:256], y[:256], epochs=3, verbose=0, callbacks=[checkpoint, Diverged()])
+"""
+
+
+@pytest.mark.slow
+def test_a_pending_version_is_committed_when_fit_dies(tmp_path: Path) -> None:
+    """Keras calls no callback hook when fit raises; the pending write still finishes."""
+    proc = subprocess.run(
+        [sys.executable, "-c", DIES_IN_FIT, str(tmp_path / "shelf")],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and "loss diverged" in proc.stderr, proc.stderr[-3000:]
+    shelf = ms.Shelf(tmp_path / "shelf")
+    (version,) = shelf.versions("net")
+    assert version.metadata["epoch"] == 0
+    version.verify()
+    assert version.logged_by().status == "crashed"  # type: ignore[union-attr]

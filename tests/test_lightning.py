@@ -297,7 +297,7 @@ def test_fast_dev_run_and_sanity_check_save_nothing(tmp_path: Path) -> None:
     shelf = ms.Shelf(tmp_path / "shelf")
     cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", mode="min")
     fit(Scripted(SCORES), cb, epochs=2, fast_dev_run=True)
-    assert shelf.artifacts() == []
+    assert shelf.artifacts() == [] and shelf.runs() == []
     fit(Scripted(SCORES), cb, epochs=1, num_sanity_val_steps=1)  # the sanity check is skipped
     assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0]
 

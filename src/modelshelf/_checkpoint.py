@@ -9,11 +9,13 @@ here once.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import queue
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,22 @@ class Decision:
     best: float | None
 
 
+_RUNNING_WRITERS: weakref.WeakSet[_Writer] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_pending_writes() -> None:
+    """At interpreter exit, finish the versions still being written.
+
+    Keras and fastai call no hook when ``fit`` dies of an exception, so the callback cannot
+    wait for its writer then; the writer thread is a daemon (it must not keep a notebook's
+    kernel alive), and daemon threads are stopped at exit. atexit runs while they still
+    live: the last checkpoints before the failure are committed rather than lost.
+    """
+    for writer in list(_RUNNING_WRITERS):
+        writer.close()
+
+
 class _Writer:
     """One background thread that logs versions in order; never drops one.
 
@@ -82,6 +100,7 @@ class _Writer:
                 target=self._loop, name="modelshelf-writer", daemon=True
             )
             self._thread.start()
+            _RUNNING_WRITERS.add(self)
         self._queue.put(job)
 
     def _loop(self) -> None:
@@ -102,10 +121,12 @@ class _Writer:
             self._queue.join()
 
     def close(self) -> None:
+        """Let the pending jobs finish, then stop the thread."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+            _RUNNING_WRITERS.discard(self)
 
 
 @dataclass
