@@ -111,9 +111,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
     # -- fit starts: config, run, resume -------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_step = -1
-        if (
-            trainer.fast_dev_run
-        ):  # a smoke test: no run, no resume, no versions (as Lightning's own)
+        if trainer.fast_dev_run:  # a smoke test: no run, resume or version (as ModelCheckpoint)
             return
         config = {
             "hparams": dict(pl_module.hparams),
