@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,8 @@ NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
 COLAB_ONLY = ("%pip", "!pip", "google.colab", "drive.mount")
 
 
-def load(name: str):  # type: ignore[no-untyped-def]
+def load(name: str) -> Any:
+    """The notebook as an nbformat node."""
     nbformat = pytest.importorskip("nbformat")
     return nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
 
