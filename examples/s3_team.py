@@ -4,21 +4,26 @@ alias and his inference run shows up in the model's lineage.
 
     python examples/s3_team.py
 
-moto's S3 server on 127.0.0.1 stands in for the bucket. With a real bucket, change one line,
-TEAM_SHELF, to your s3:// (or gs://) URL and delete the stand-in block; credentials come from
-the usual AWS environment or config, as for any boto3 program.
+moto's S3 server on 127.0.0.1 stands in for the bucket (`stand_in_bucket`). With a real bucket,
+change one line, TEAM_SHELF, to your s3:// (or gs://) URL, and drop the stand-in; credentials
+come from the usual AWS environment or config, as for any boto3 program.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+
+import torch
 
 import modelshelf as ms
+from digits_data import load
 from pipeline import MODEL, evaluate, prepare, train
 
 TEAM_SHELF = "s3://team-models/shelf"  # <- the one line a real team changes
@@ -40,10 +45,6 @@ def bob() -> None:
     with team.run(job_type="inference") as run:
         version = run.use(f"{MODEL}:production")  # an input edge, recorded on the team shelf
         model = team.load_model(version.ref)  # downloaded, every byte checked, rebuilt
-        import torch
-
-        from digits_data import load
-
         x, y = load()["test"]
         with torch.no_grad():
             acc = (model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
@@ -51,8 +52,10 @@ def bob() -> None:
     print(f"bob: loaded {version.ref} from {team.url}; test accuracy {acc:.3f}")
 
 
-def main() -> None:
-    # --- stand-in for a real bucket: moto's S3 server on 127.0.0.1, and one bucket on it ---
+@contextlib.contextmanager
+def stand_in_bucket() -> Iterator[None]:
+    """moto's S3 server on 127.0.0.1 and one bucket on it, in place of a real bucket."""
+    import s3fs
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
@@ -61,19 +64,19 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": "x",
-            "AWS_SECRET_ACCESS_KEY": "x",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
-    import s3fs
-
+    os.environ.update(  # what s3fs and boto3 read; Bob's process inherits them
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1",
+    )  # fmt: skip
     s3fs.S3FileSystem().mkdir(TEAM_SHELF.removeprefix("s3://").split("/")[0])
-    # --- end of the stand-in ---
     try:
+        yield
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    with stand_in_bucket():  # with a real bucket, drop this line
         alice()
         with tempfile.TemporaryDirectory() as cache:  # Bob's machine: nothing cached yet
             env = {**os.environ, "MODELSHELF_CACHE": cache}
@@ -81,12 +84,9 @@ def main() -> None:
         team = ms.Shelf(TEAM_SHELF)
         production = team.get(f"{MODEL}:production")
         for r in production.used_by():
-            print(
-                f"\n{production.ref} was used by {r.job_type} run {r.id} on {r.environment['host']}"
-            )
+            host = r.environment["host"]
+            print(f"\n{production.ref} was used by {r.job_type} run {r.id} on {host}")
         print(team.lineage(production.ref))
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":
