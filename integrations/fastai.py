@@ -10,22 +10,52 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from modelshelf._checkpoint import STATE_FILE, CheckpointEngine
 from modelshelf._deps import require
 
 require("fastai", "modelshelf.integrations.fastai")
 
 from fastai.callback.core import Callback, CancelEpochException  # noqa: E402
-from fastai.learner import Recorder  # noqa: E402
+from fastai.learner import Recorder, SkipToEpoch  # noqa: E402
 from fastai.torch_core import rank_distrib  # noqa: E402
 
 from modelshelf._model import learner_settings  # noqa: E402
 from modelshelf._torch_training import load_state, model_parts, version_weights  # noqa: E402
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as a Python number (fit_one_cycle's schedules set the lr as one), so the
+    optimizer state loads with ``weights_only=True``; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _fastai_mode(monitor: str) -> str:
     """TrackerCallback's rule: names with ``loss`` or ``error`` minimise, others maximise."""
     return "min" if "loss" in monitor or "error" in monitor else "max"
+
+
+class _SkipDoneEpochs(Callback):  # type: ignore[misc]
+    """Skip the epochs a resumed fit already did, as ``fit(start_epoch=)`` does with fastai's
+    ``SkipToEpoch``, and at its place in the order: after ``ProgressCallback``, whose bar must
+    see every epoch from 0 (skipping earlier breaks fastprogress's timing).
+
+    ``ShelfCheckpoint`` adds one for a resumed fit and removes it in ``after_fit``; one left
+    behind by a fit that died of an exception removes itself when the next fit starts.
+    """
+
+    order = SkipToEpoch.order
+
+    def __init__(self, skip_to: int) -> None:
+        self.skip_to = skip_to
+
+    def before_fit(self) -> None:
+        self.learn.remove_cb(self)  # added during an earlier fit's before_fit: stale now
+
+    def before_epoch(self) -> None:
+        if self.epoch < self.skip_to:
+            raise CancelEpochException
 
 
 class ShelfCheckpoint(Callback):  # type: ignore[misc]
@@ -64,6 +94,7 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
             config, metadata, save_weights_only, resume, background, run, auto_mode=_fastai_mode,
         )  # fmt: skip
         self.init_args, self.allow_pickle, self.skip_to = init_args, allow_pickle, 0
+        self._skipper: _SkipDoneEpochs | None = None
 
     def before_fit(self) -> None:
         # Like TrackerCallback: stay out of lr_find and get_preds.
@@ -97,10 +128,8 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         self.learn.model.load_state_dict(version_weights(version))
         self.learn.opt.load_state_dict(state["opt"])
         self.skip_to = int(state["epoch"]) + 1  # as fastai's own fit(start_epoch=...) does
-
-    def before_epoch(self) -> None:
-        if self.epoch < self.skip_to:
-            raise CancelEpochException
+        self._skipper = _SkipDoneEpochs(self.skip_to)
+        self.learn.add_cb(self._skipper)
 
     def after_epoch(self) -> None:
         if self.epoch < self.skip_to or not self.engine.due(self.epoch):
@@ -117,8 +146,8 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         if decision.save and not self.engine.save_weights_only:
             opt = self.learn.opt.state_dict()  # plain containers: it loads with weights_only
             plain = {
-                "state": [dict(x) for x in opt["state"]],
-                "hypers": [dict(h) for h in opt["hypers"]],
+                "state": [{k: _plain(v) for k, v in x.items()} for x in opt["state"]],
+                "hypers": [{k: _plain(v) for k, v in h.items()} for h in opt["hypers"]],
             }
             state = {"opt": plain, "epoch": self.epoch}
         learn, init_args = self.learn, self.init_args
@@ -134,4 +163,7 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
 
     def after_fit(self) -> None:
         self.run = True
+        if self._skipper is not None:
+            self.learn.remove_cb(self._skipper)
+            self._skipper = None
         self.engine.end()

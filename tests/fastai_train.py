@@ -11,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import torch
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-after-version", type=int, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--one-cycle", action="store_true", help="fit_one_cycle instead of fit")
     args = parser.parse_args()
     shelf = ms.Shelf(args.shelf)
     cbs: list[Callback] = [
@@ -69,7 +71,10 @@ def main() -> None:
         cbs.append(KillAfter(shelf, args.kill_after_version))
     learn = learner()
     with learn.no_logging():
-        learn.fit(args.epochs, 0.01, cbs=cbs)
+        if args.one_cycle:
+            learn.fit_one_cycle(args.epochs, 0.01, cbs=cbs)
+        else:
+            learn.fit(args.epochs, 0.01, cbs=cbs)
     if args.out:
         torch.save({k: v.detach().clone() for k, v in learn.model.state_dict().items()}, args.out)
 

@@ -141,12 +141,14 @@ def test_writer_error_surfaces_from_fit(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schedule", ["fit", "fit_one_cycle"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, schedule: str) -> None:
     env = {**os.environ, "MODELSHELF_CACHE": str(tmp_path / "cache")}
+    flags = ["--one-cycle"] if schedule == "fit_one_cycle" else []
 
     def script(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(SCRIPT), *args],
+            [sys.executable, str(SCRIPT), *args, *flags],
             capture_output=True,
             text=True,
             env=env,
@@ -166,7 +168,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
     assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0, 1, 2, 3, 4]
     a = torch.load(tmp_path / "full.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    for key in a:  # same seed, no shuffling, Adam's state restored: bit-exact
+    for key in a:  # same seed, no shuffling, Adam's state and the schedule's place: bit-exact
         assert torch.equal(a[key], b[key]), key
 
 
@@ -182,3 +184,30 @@ def test_stays_out_of_lr_find_and_get_preds(tmp_path: Path) -> None:
         assert shelf.artifacts() == []
         learn.fit(1, 0.01)
     assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0]
+
+
+def test_a_resumed_fit_that_dies_leaves_no_epoch_skipping_behind(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    learn = learner()
+
+    def checkpoint() -> ShelfCheckpoint:
+        return ShelfCheckpoint("net", shelf=shelf, monitor="valid_loss", save="all", resume=True)
+
+    class Trained(Callback):
+        order = 100
+
+        def __init__(self, fail_at: int | None = None) -> None:
+            self.epochs: list[int] = []
+            self.fail_at = fail_at
+
+        def after_train(self) -> None:
+            self.epochs.append(self.epoch)
+            if self.epoch == self.fail_at:
+                raise RuntimeError("diverged")
+
+    with learn.no_logging():
+        learn.fit(2, 0.01, cbs=[checkpoint(), first := Trained()])
+        with pytest.raises(RuntimeError, match="diverged"):
+            learn.fit(4, 0.01, cbs=[checkpoint(), resumed := Trained(fail_at=2)])
+        learn.fit(2, 0.01, cbs=[later := Trained()])  # no ShelfCheckpoint: nothing to skip
+    assert (first.epochs, resumed.epochs, later.epochs) == ([0, 1], [2], [0, 1])
