@@ -11,7 +11,6 @@ wait for pending writes at the end of fit). Target: <= 0.5x the baseline per che
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -25,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import modelshelf as ms
+from common import save_results
 from modelshelf.integrations.lightning import ShelfCheckpoint
 
 HERE = Path(__file__).resolve().parent
@@ -143,10 +143,7 @@ def main() -> None:
         print(f"{label:<48}{blocked:>11.3f} s  {size / mib:>5.0f} MiB  {fit_s:>7.1f} s")
     print(f"ratio {ours_per / base_per:.2f}x (target <= 0.5x), end-of-fit wait included")
     print(f"shelf before gc: {before_gc / mib:.0f} MiB; after: {versions} version(s) kept")
-    out = HERE / "results" / "callbacks.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {save_results('callbacks', results)}")
 
 
 if __name__ == "__main__":

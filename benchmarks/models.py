@@ -13,7 +13,6 @@ Run: ``python benchmarks/models.py [--mib 256] [--repeat 3]``. Prints a table an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import modelshelf as ms
+from common import save_results
 
 HERE = Path(__file__).resolve().parent
 
@@ -176,10 +176,7 @@ def main() -> None:
     print(f"model: {mib:.0f} MiB float32 ({width}x{width} x 4 layers), median of {args.repeat}\n")
     for step, t, rel, target in rows:
         print(f"{step:<50}{t:>10}  {rel:>7}  {target}")
-    out = HERE / "results" / "models.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {save_results('models', results)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the copy; ``get("name:alias")`` on an artifact with 10,000 versions under 10 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -22,8 +21,7 @@ import time
 from pathlib import Path
 
 import modelshelf as ms
-
-HERE = Path(__file__).resolve().parent
+from common import save_results
 
 
 def make_files(root: Path, total_mib: int) -> int:
@@ -139,10 +137,7 @@ def main() -> None:
     print(f"\n{'step':<44}{'time':>10}  {'relative':>16}  target")
     for step, t, rel, target in rows:
         print(f"{step:<44}{t:>10}  {rel:>16}  {target}")
-    out = HERE / "results" / "store.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {save_results('store', results)}")
 
 
 if __name__ == "__main__":
