@@ -20,10 +20,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-import torch
-
 import modelshelf as ms
 from digits_data import load
+from digits_nets import accuracy
 from pipeline import MODEL, evaluate, prepare, train
 
 TEAM_SHELF = "s3://team-models/shelf"  # <- the one line a real team changes
@@ -45,10 +44,8 @@ def bob() -> None:
     with team.run(job_type="inference") as run:
         version = run.use(f"{MODEL}:production")  # an input edge, recorded on the team shelf
         model = team.load_model(version.ref)  # downloaded, every byte checked, rebuilt
-        x, y = load()["test"]
-        with torch.no_grad():
-            acc = (model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
-        run.log({"test_acc": float(acc)})
+        acc = accuracy(model, *load()["test"])
+        run.log({"test_acc": acc})
     print(f"bob: loaded {version.ref} from {team.url}; test accuracy {acc:.3f}")
 
 

@@ -3,13 +3,13 @@ tagged ``colab`` (the pip install and the Google Drive mount), and leave what th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import modelshelf as ms
+from test_examples import printed
 
 COLAB = Path(__file__).resolve().parents[1] / "examples" / "colab"
 NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
@@ -38,10 +38,6 @@ def execute(name: str, tmp_path: Path) -> str:
                 output.get("text", "") or str(output.get("data", {}).get("text/plain", ""))
             )
     return "\n".join(texts)
-
-
-def printed(out: str, label: str) -> float:
-    return float(re.findall(rf"{label} ([0-9.]+)", out)[-1])
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
