@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from modelshelf._checkpoint import STATE_FILE, CheckpointEngine
 from modelshelf._deps import require
+from modelshelf._training.engine import CheckpointEngine, scalar_metrics
+from modelshelf._training.options import make_options, signature_with
 
 require("fastai", "modelshelf.integrations.fastai")
 
@@ -21,8 +22,8 @@ from fastai.callback.core import Callback, CancelEpochException  # noqa: E402
 from fastai.learner import Recorder, SkipToEpoch  # noqa: E402
 from fastai.torch_core import rank_distrib  # noqa: E402
 
-from modelshelf._model import learner_settings  # noqa: E402
-from modelshelf._torch_training import load_state, model_parts, version_weights  # noqa: E402
+from modelshelf._models.fastai import learner_settings  # noqa: E402
+from modelshelf._training.torch_state import load_resume, model_parts  # noqa: E402
 
 
 def _plain(value: Any) -> Any:
@@ -59,11 +60,12 @@ class _SkipDoneEpochs(Callback):  # type: ignore[misc]
 
 
 class ShelfCheckpoint(Callback):  # type: ignore[misc]
-    """Checkpoint to the artifact ``name`` after each checked epoch (SPEC §5).
+    """Checkpoint to the artifact ``name`` after each checked epoch.
 
-    Besides the shared arguments: ``init_args`` (the arguments that rebuild the model, so that
-    ``load_model`` needs no ``model=``) and ``allow_pickle`` (let ``resume`` unpickle a state
-    that ``weights_only`` loading refuses).
+    Takes every option of ``CheckpointOptions`` as a keyword (the full list with defaults is
+    in the signature and in docs/callbacks.md), plus ``init_args`` (the arguments that
+    rebuild the model, so that ``load_model`` needs no ``model=``) and ``allow_pickle`` (let
+    ``resume`` unpickle a state that ``weights_only`` loading refuses).
     """
 
     order = Recorder.order + 1  # after the Recorder has the epoch's values
@@ -72,27 +74,12 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
     def __init__(
         self,
         name: str,
-        shelf: Any = None,
-        monitor: str | None = None,
-        mode: str = "auto",
-        min_delta: float = 0.0,
-        save: str | None = None,
-        every_n_epochs: int = 1,
-        keep_last: int | None = None,
-        aliases: Any = (),
-        config: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-        save_weights_only: bool = False,
-        resume: bool = False,
-        background: bool = True,
-        run: Any = None,
+        *,
         init_args: dict[str, Any] | None = None,
         allow_pickle: bool = False,
+        **options: Any,
     ) -> None:
-        self.engine = CheckpointEngine(
-            name, shelf, monitor, mode, min_delta, save, every_n_epochs, keep_last, aliases,
-            config, metadata, save_weights_only, resume, background, run, auto_mode=_fastai_mode,
-        )  # fmt: skip
+        self.engine = CheckpointEngine(name, make_options(options), auto_mode=_fastai_mode)
         self.init_args, self.allow_pickle, self.skip_to = init_args, allow_pickle, 0
         self._skipper: _SkipDoneEpochs | None = None
 
@@ -124,8 +111,8 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         version = self.engine.resume_from()
         if version is None:
             return
-        state = load_state(version.path(STATE_FILE), self.allow_pickle, version.ref)
-        self.learn.model.load_state_dict(version_weights(version))
+        weights, state = load_resume(version, self.allow_pickle)
+        self.learn.model.load_state_dict(weights)
         self.learn.opt.load_state_dict(state["opt"])
         self.skip_to = int(state["epoch"]) + 1  # as fastai's own fit(start_epoch=...) does
         self._skipper = _SkipDoneEpochs(self.skip_to)
@@ -135,13 +122,8 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         if self.epoch < self.skip_to or not self.engine.due(self.epoch):
             return
         names = list(self.recorder.metric_names[1:])  # without "epoch"; values omit "time"
-        metrics = {
-            n: float(v)
-            for n, v in zip(names, self.recorder.values[-1], strict=False)
-            if v is not None
-        }
-        decision = self.engine.decide(metrics)
-        self.engine.note(decision)
+        metrics = scalar_metrics(dict(zip(names, self.recorder.values[-1], strict=False)))
+        decision = self.engine.check(metrics)
         state = None
         if decision.save and not self.engine.save_weights_only:
             opt = self.learn.opt.state_dict()  # plain containers: it loads with weights_only
@@ -167,3 +149,6 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
             self.learn.remove_cb(self._skipper)
             self._skipper = None
         self.engine.end()
+
+
+ShelfCheckpoint.__init__.__signature__ = signature_with(ShelfCheckpoint.__init__)  # type: ignore[attr-defined]

@@ -16,14 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from modelshelf._checkpoint import CheckpointEngine, Parts, keras_like_mode
 from modelshelf._deps import require
+from modelshelf._models.keras import KERAS_FILE, keras_parts, keras_weights_parts
+from modelshelf._training.engine import CheckpointEngine, Parts, keras_like_mode, scalar_metrics
+from modelshelf._training.options import make_options, signature_with
 
 keras = require("keras", "modelshelf.integrations.keras")
-
-from modelshelf._model import KERAS_FILE, _Blob, _keras_parts  # noqa: E402
-
-WEIGHTS_FILE = "model.weights.h5"
 
 
 def _is_chief() -> bool:
@@ -42,41 +40,22 @@ def _is_chief() -> bool:
 
 
 class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
-    """Checkpoint to the artifact ``name`` at the end of each checked epoch (SPEC §5).
+    """Checkpoint to the artifact ``name`` at the end of each checked epoch.
 
-    A version holds the native ``.keras`` archive (architecture, weights, optimizer state) or,
-    with ``save_weights_only=True``, ``model.weights.h5``. With ``resume=True`` the weights and
-    optimizer state come back from ``latest`` at train begin; Keras gives callbacks no public
-    way to move the starting epoch, so pass ``initial_epoch=cb.initial_epoch`` to ``fit`` (it
-    is the epoch after ``latest``'s, or 0).
+    Takes every option of ``CheckpointOptions`` as a keyword (the full list with defaults is
+    in the signature and in docs/callbacks.md). A version holds the native ``.keras`` archive
+    (architecture, weights, optimizer state) or, with ``save_weights_only=True``,
+    ``model.weights.h5``. With ``resume=True`` the weights and optimizer state come back from
+    ``latest`` at train begin; Keras gives callbacks no public way to move the starting epoch,
+    so pass ``initial_epoch=cb.initial_epoch`` to ``fit`` (it is the epoch after ``latest``'s,
+    or 0).
     """
 
-    def __init__(
-        self,
-        name: str,
-        shelf: Any = None,
-        monitor: str | None = None,
-        mode: str = "auto",
-        min_delta: float = 0.0,
-        save: str | None = None,
-        every_n_epochs: int = 1,
-        keep_last: int | None = None,
-        aliases: Any = (),
-        config: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-        save_weights_only: bool = False,
-        resume: bool = False,
-        background: bool = True,
-        run: Any = None,
-        allow_pickle: bool = False,
-    ) -> None:
+    def __init__(self, name: str, **options: Any) -> None:
         super().__init__()
         self.engine = CheckpointEngine(
-            name, shelf, monitor, mode, min_delta, save, every_n_epochs, keep_last, aliases,
-            config, metadata, save_weights_only, resume, background, run,
-            auto_mode=keras_like_mode, state_file=KERAS_FILE,
-        )  # fmt: skip
-        self.allow_pickle = allow_pickle
+            name, make_options(options), auto_mode=keras_like_mode, state_file=KERAS_FILE
+        )
         self._resumed: Any = None
 
     @property
@@ -115,9 +94,8 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not self.engine.due(epoch):
             return
-        metrics = {k: float(v) for k, v in (logs or {}).items() if _scalar(v)}
-        decision = self.engine.decide(metrics)
-        self.engine.note(decision)
+        metrics = scalar_metrics(logs or {})
+        decision = self.engine.check(metrics)
         model, weights_only = self.model, self.engine.save_weights_only
 
         def snapshot() -> Parts:
@@ -125,13 +103,8 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
             # storing it happen in the background.
             tmp = Path(tempfile.mkdtemp(prefix="modelshelf-keras-"))
             cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
-            if weights_only:
-                model.save_weights(tmp / WEIGHTS_FILE)
-                info = {"format": "keras", "framework": "keras", "file": WEIGHTS_FILE,
-                        "weights_only": True, "backend": keras.backend.backend()}  # fmt: skip
-                return Parts({WEIGHTS_FILE: _Blob(path=tmp / WEIGHTS_FILE)}, info, cleanup=cleanup)
-            blobs, info = _keras_parts(model, tmp)
-            return Parts(blobs, info, cleanup=cleanup)
+            blobs, info = (keras_weights_parts if weights_only else keras_parts)(model, tmp)
+            return Parts(dict(blobs), info, cleanup=cleanup)
 
         step = (epoch + 1) * int((self.params or {}).get("steps") or 0)
         self.engine.commit(decision, epoch=epoch, step=step, metrics=metrics, snapshot=snapshot)
@@ -140,9 +113,5 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         self.engine.end()
 
 
-def _scalar(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+
+ShelfCheckpoint.__init__.__signature__ = signature_with(ShelfCheckpoint.__init__)  # type: ignore[attr-defined]

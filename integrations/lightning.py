@@ -13,8 +13,9 @@ import importlib
 import os
 from typing import Any
 
-from modelshelf._checkpoint import STATE_FILE, CheckpointEngine, keras_like_mode
 from modelshelf._deps import require
+from modelshelf._training.engine import CheckpointEngine, keras_like_mode, scalar_metrics
+from modelshelf._training.options import make_options, signature_with
 
 require("lightning", "modelshelf.integrations.lightning")  # names the extra if neither is there
 
@@ -37,14 +38,11 @@ _CHECKPOINT_IOS = tuple(
     importlib.import_module(f"{p.__name__}.plugins.io").CheckpointIO for p in _PACKAGES
 )
 
-import torch  # noqa: E402  (a dependency of Lightning itself)
-
 from modelshelf._errors import ModelshelfError  # noqa: E402
-from modelshelf._torch_training import (  # noqa: E402
-    load_state,
+from modelshelf._training.torch_state import (  # noqa: E402
+    load_resume,
     model_parts,
     optimizer_config,
-    version_weights,
 )
 
 
@@ -71,36 +69,19 @@ def _lightning_mode(monitor: str) -> str:
 
 
 class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
-    """Checkpoint to the artifact ``name`` each checked epoch (SPEC §5).
+    """Checkpoint to the artifact ``name`` each checked epoch, after validation.
 
-    Besides the shared arguments, ``allow_pickle`` lets ``resume=True`` unpickle a training
+    Takes every option of ``CheckpointOptions`` as a keyword (``monitor``, ``mode``,
+    ``save``, ``keep_last``, ``resume``, ...; the full list with defaults is in the signature
+    and in docs/callbacks.md), plus ``allow_pickle``: let ``resume=True`` unpickle a training
     state that ``weights_only`` loading refuses (only for checkpoints you trust).
     """
 
-    def __init__(
-        self,
-        name: str,
-        shelf: Any = None,
-        monitor: str | None = None,
-        mode: str = "auto",
-        min_delta: float = 0.0,
-        save: str | None = None,
-        every_n_epochs: int = 1,
-        keep_last: int | None = None,
-        aliases: Any = (),
-        config: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-        save_weights_only: bool = False,
-        resume: bool = False,
-        background: bool = True,
-        run: Any = None,
-        allow_pickle: bool = False,
-    ) -> None:
+    def __init__(self, name: str, *, allow_pickle: bool = False, **options: Any) -> None:
         super().__init__()
         self.engine = CheckpointEngine(
-            name, shelf, monitor, mode, min_delta, save, every_n_epochs, keep_last, aliases,
-            config, metadata, save_weights_only, resume, background, run, auto_mode=_lightning_mode,
-        )  # fmt: skip
+            name, make_options(options), auto_mode=_lightning_mode
+        )
         self.allow_pickle = allow_pickle
         self._last_step = -1
 
@@ -160,9 +141,8 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         ref = trainer.strategy.broadcast(version.ref if version is not None else None, src=0)
         if ref is None:
             return
-        version = self.engine.shelf.get(ref)
-        state = load_state(version.path(STATE_FILE), self.allow_pickle, ref)
-        pl_module.load_state_dict(version_weights(version))
+        weights, state = load_resume(self.engine.shelf.get(ref), self.allow_pickle)
+        pl_module.load_state_dict(weights)
         for optimizer, saved in zip(
             trainer.optimizers, state.get("optimizer_states", []), strict=False
         ):
@@ -206,10 +186,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         epoch, step = trainer.current_epoch, trainer.global_step
         if not self.engine.due(epoch) or step == self._last_step:
             return
-        metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items()
-            if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
-        }  # fmt: skip
+        metrics = scalar_metrics(trainer.callback_metrics)
         # Rank 0 decides and tells the others, so that all take the same path to the barrier
         # in save_checkpoint; a failure on rank 0 (a monitor typo, a write error) is raised
         # on every rank instead of leaving the others waiting.
@@ -269,3 +246,6 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.engine.load_state_dict(state_dict)
+
+
+ShelfCheckpoint.__init__.__signature__ = signature_with(ShelfCheckpoint.__init__)  # type: ignore[attr-defined]

@@ -112,7 +112,7 @@ def files(tmp_path: Path) -> Path:
 
 def blob_keys(shelf: ms.Shelf) -> dict[str, int]:
     """Every blob on the shelf and its size."""
-    storage = shelf._storage
+    storage = shelf.repository.storage
     return {k: storage.size(k) for k in storage.find("blobs")}
 
 

@@ -91,19 +91,19 @@ def test_gc_frees_exactly_the_unreferenced_blobs(shelf: ms.Shelf, tmp_path: Path
 PAUSED_WRITER = r"""
 import os, sys, time
 import modelshelf as ms
-from modelshelf import _shelf
+from modelshelf._core import repository
 
 url, path, signal_file, go_file = sys.argv[1:5]
-original = _shelf.Shelf._commit
+original = repository.Repository._identical
 
 def paused(self, *args, **kwargs):
-    # Test instrumentation: stop after the blobs are stored, before the commit begins.
+    # Test instrumentation: stop after the blobs are stored, before the lease is written.
     open(signal_file, "w").close()
     while not os.path.exists(go_file):
         time.sleep(0.01)
     return original(self, *args, **kwargs)
 
-_shelf.Shelf._commit = paused
+repository.Repository._identical = paused
 v = ms.Shelf(url).log_artifact(path, name="inflight", type="model")
 print(v.ref, flush=True)
 """

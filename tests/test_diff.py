@@ -100,7 +100,7 @@ def test_compare_and_best(shelf: ms.Shelf, tmp_path: Path) -> None:
     assert shelf.best("m", "val_acc", mode="max").version == 1
     with pytest.raises(ms.NotFoundError, match=r"val_los'.*val_acc, val_loss"):
         shelf.best("m", "val_los")
-    with pytest.raises(ms.InvalidReferenceError, match="'min' or 'max'"):
+    with pytest.raises(ms.InvalidArgumentError, match="'min' or 'max'"):
         shelf.best("m", "val_loss", mode="lowest")
 
 

@@ -79,7 +79,7 @@ def test_all_and_auto_mode(tmp_path: Path) -> None:
     assert [v.metadata["epoch"] for v in versions] == [1, 3]
     accuracies = [v.metadata["monitored_value"] for v in versions]
     assert shelf.get("net:best").metadata["monitored_value"] == max(accuracies)  # maximised
-    with pytest.raises(ms.InvalidMetadataError, match="mode='min' or mode='max'"):
+    with pytest.raises(ms.InvalidArgumentError, match="mode='min' or mode='max'"):
         fit(ShelfCheckpoint("other", shelf=shelf, monitor="widgets"), 1)
 
 
@@ -188,7 +188,7 @@ def test_torch_backend(tmp_path: Path) -> None:
 
 DIES_IN_FIT = r"""
 import sys, time
-import modelshelf._checkpoint as engine
+import modelshelf._training.engine as engine
 from modelshelf.integrations.keras import ShelfCheckpoint
 
 import keras

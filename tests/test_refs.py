@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import modelshelf as ms
-from modelshelf._refs import Ref, parse_ref
+from modelshelf._format.names import Ref, parse_ref
 
 GOOD_REFS = [
     ("model", Ref("model", alias="latest")),
@@ -68,7 +68,7 @@ def test_bad_aliases_are_refused_before_anything_is_written(
     with pytest.raises(ms.InvalidReferenceError, match="alias") as exc:
         shelf.log_artifact(files, name="m", type="model", aliases=[alias])  # type: ignore[list-item]
     assert repr(alias) in str(exc.value)
-    assert shelf._storage.find("") == []
+    assert shelf.repository.storage.find("") == []
 
 
 @pytest.mark.parametrize("name", ["bad name", "a/b/c", "", "_x", "x/", "../up"])

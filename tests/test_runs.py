@@ -185,12 +185,12 @@ def test_sigkilled_run_is_crashed(shelf_url: str) -> None:
 
 
 def test_run_on_another_host_is_crashed_once_its_heartbeat_is_stale(shelf: ms.Shelf) -> None:
-    from modelshelf import _runs
-    from modelshelf._log import dumps, loads
+    from modelshelf._format.records import isoformat, now
+    from modelshelf._format.records import dumps, loads
 
     with shelf.run() as run:
         pass
-    storage = shelf._storage
+    storage = shelf.repository.storage
     record = loads(storage.read(f"runs/{run.id}/run.json"), "run")
     record["environment"]["host"] = "another-machine"
     elsewhere = "20200101-000000-0e1e2e"
@@ -198,6 +198,6 @@ def test_run_on_another_host_is_crashed_once_its_heartbeat_is_stale(shelf: ms.Sh
     storage.create(f"runs/{elsewhere}/run.json", dumps(record))
     storage.replace(f"runs/{elsewhere}/heartbeat", b"2020-01-01T00:00:00+00:00")
     assert shelf.get_run(elsewhere).status == "crashed"
-    fresh = _runs.isoformat(_runs.now()).encode()
+    fresh = isoformat(now()).encode()
     storage.replace(f"runs/{elsewhere}/heartbeat", fresh)
     assert shelf.get_run(elsewhere).status == "running"

@@ -161,9 +161,9 @@ def test_flipped_byte_raises_integrity_error_naming_the_file(shelf: ms.Shelf, fi
     digest = v.files["weights.bin"].digest
     assert digest is not None
     key = f"blobs/sha256/{digest[7:9]}/{digest[7:]}"
-    data = bytearray(shelf._storage.read(key))
+    data = bytearray(shelf.repository.storage.read(key))
     data[1234] ^= 0x01
-    shelf._storage.replace(key, bytes(data))
+    shelf.repository.storage.replace(key, bytes(data))
 
     with pytest.raises(ms.IntegrityError, match=r"weights.bin") as exc:
         v.verify()
@@ -187,18 +187,18 @@ def test_corrupted_cache_is_refetched(shelf: ms.Shelf, files: Path) -> None:
 
 
 def test_hostile_manifest_paths_are_refused(shelf: ms.Shelf, files: Path, tmp_path: Path) -> None:
-    from modelshelf._layout import manifest_key, versions_prefix
-    from modelshelf._log import SeqLog
-    from modelshelf._manifest import Manifest
+    from modelshelf._format.layout import ArtifactKeys, manifest_key
+    from modelshelf._format.seqlog import SeqLog
+    from modelshelf._format.manifest import Manifest
 
     good = shelf.log_artifact(files, name="m", type="model")
     entry = good.manifest.files["config.json"]
     for i, bad in enumerate(["../x", "/etc/evil", "a/../../x"]):
         manifest = Manifest({bad: entry, "ok.json": entry})
         hexdigest = manifest.sha256()
-        shelf._storage.create(manifest_key(hexdigest), manifest.to_bytes())
+        shelf.repository.storage.create(manifest_key(hexdigest), manifest.to_bytes())
         record = {**good._record, "manifest": hexdigest, "digest": f"sha256:{i:064d}"}
-        SeqLog(shelf._storage, versions_prefix("m")).append(
+        SeqLog(shelf.repository.storage, ArtifactKeys("m").versions).append(
             lambda n, _h, r=record: {**r, "version": n}
         )
         target = tmp_path / f"dl{i}"
@@ -228,7 +228,7 @@ def test_bad_metadata_is_refused_before_anything_is_written(shelf: ms.Shelf, fil
         with pytest.raises(ms.InvalidMetadataError) as exc:
             shelf.log_artifact(files, name="m", type="model", metadata=bad)  # type: ignore[arg-type]
         assert isinstance(exc.value, ValueError)
-    assert shelf._storage.find("") == []  # not even the root record was written
+    assert shelf.repository.storage.find("") == []  # not even the root record was written
     v = shelf.log_artifact(files, name="m", type="model")
     with pytest.raises(ms.InvalidMetadataError, match=r"metadata\.a\.b"):
         v.update_metadata({"a": {"b": {1, 2}}})
@@ -332,9 +332,9 @@ def test_shelf_root_records_its_format(shelf: ms.Shelf, files: Path) -> None:
     import json
 
     shelf.log_artifact(files, name="m", type="model")
-    root = json.loads(shelf._storage.read("modelshelf.json"))
+    root = json.loads(shelf.repository.storage.read("modelshelf.json"))
     assert root["format"] == 1 and len(root["id"]) == 32
-    shelf._storage.replace("modelshelf.json", json.dumps({**root, "format": 99}).encode())
+    shelf.repository.storage.replace("modelshelf.json", json.dumps({**root, "format": 99}).encode())
     with pytest.raises(ms.ConflictError, match="format 99"):
         ms.Shelf(shelf.url).get("m")
 
@@ -348,8 +348,8 @@ def test_default_shelf_and_module_helpers(files: Path, tmp_path: Path) -> None:
 def test_hostile_digests_and_records_are_refused(shelf: ms.Shelf, files: Path) -> None:
     import json
 
-    from modelshelf._layout import manifest_key, versions_prefix
-    from modelshelf._log import SeqLog
+    from modelshelf._format.layout import ArtifactKeys, manifest_key
+    from modelshelf._format.seqlog import SeqLog
 
     good = shelf.log_artifact(files, name="m", type="model")
     escape = "sha256:" + "../" * 8 + "etc/passwd"
@@ -358,8 +358,8 @@ def test_hostile_digests_and_records_are_refused(shelf: ms.Shelf, files: Path) -
     import hashlib
 
     hexdigest = hashlib.sha256(data).hexdigest()
-    shelf._storage.create(manifest_key(hexdigest), data)
-    log = SeqLog(shelf._storage, versions_prefix("m"))
+    shelf.repository.storage.create(manifest_key(hexdigest), data)
+    log = SeqLog(shelf.repository.storage, ArtifactKeys("m").versions)
     log.append(lambda n, _h: {**good._record, "manifest": hexdigest, "version": n})
     with pytest.raises(ms.IntegrityError, match="malformed digest"):
         shelf.get("m:v1").download()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from . import cache
 from ._api import get, load_model, log_artifact, log_model, run, shelf
-from ._artifact import Artifact
+from ._core.artifact import Artifact
 from ._errors import ConflictError
 from ._errors import IntegrityError
+from ._errors import InvalidArgumentError
 from ._errors import InvalidMetadataError
 from ._errors import InvalidReferenceError
 from ._errors import MissingDependencyError
@@ -20,14 +21,14 @@ from ._errors import ModelshelfError
 from ._errors import NotFoundError
 from ._errors import UnsafeLoadError
 from ._errors import UnsupportedModelError
-from ._cleanup import GcReport
-from ._diff import Diff
-from ._lineage import Lineage
-from ._runs import Run
+from ._core.gc import GcReport
+from ._core.labels import AliasEvent
+from ._core.version import ArtifactVersion
+from ._core.version import FileInfo
+from ._features.diff import Diff
+from ._features.lineage import Lineage
+from ._features.runs import Run
 from ._shelf import Shelf
-from ._version import AliasEvent
-from ._version import ArtifactVersion
-from ._version import FileInfo
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "FileInfo",
     "GcReport",
     "IntegrityError",
+    "InvalidArgumentError",
     "InvalidMetadataError",
     "InvalidReferenceError",
     "Lineage",

@@ -6,11 +6,11 @@ import os
 import threading
 from typing import Any
 
-from ._artifact import Artifact
 from ._config import default_root
-from ._runs import Run
+from ._core.artifact import Artifact
+from ._core.version import ArtifactVersion
+from ._features.runs import Run
 from ._shelf import Shelf
-from ._version import ArtifactVersion
 
 _LOCK = threading.Lock()
 _SHELVES: dict[str, Shelf] = {}

@@ -1,4 +1,7 @@
-"""The exceptions modelshelf raises: one base class, each also the builtin it resembles."""
+"""The exceptions modelshelf raises: one base class, each also the builtin it resembles.
+
+Which class for which failure is written down in docs/errors.md.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +10,20 @@ class ModelshelfError(Exception):
     """Base class of every error modelshelf raises on purpose."""
 
 
-class InvalidReferenceError(ModelshelfError, ValueError):
-    """A name, alias or reference does not follow the rules of SPEC §2."""
+class InvalidArgumentError(ModelshelfError, ValueError):
+    """An argument or option outside what it allows (``keep_last=-1``, ``mode="up"``, ...)."""
 
     def __init__(self, message: str, *, value: object = None) -> None:
         super().__init__(message)
         self.value = value
 
 
-class InvalidMetadataError(ModelshelfError, ValueError):
-    """Metadata, a description or a config that cannot be stored as JSON."""
+class InvalidReferenceError(InvalidArgumentError):
+    """A name, alias, tag, type, file path or URI does not follow its rule."""
 
-    def __init__(self, message: str, *, value: object = None) -> None:
-        super().__init__(message)
-        self.value = value
+
+class InvalidMetadataError(InvalidArgumentError):
+    """Metadata, a description, a config or a metric that cannot be stored as JSON."""
 
 
 class NotFoundError(ModelshelfError, LookupError):
@@ -32,7 +35,8 @@ class NotFoundError(ModelshelfError, LookupError):
 
 
 class IntegrityError(ModelshelfError):
-    """Bytes read back do not match their recorded digest, or a reference changed."""
+    """What the shelf holds is damaged: bytes that do not match their digest, a record that
+    is not valid, a missing manifest or blob, a reference whose target changed."""
 
     def __init__(self, message: str, *, ref: str | None = None, files: list[str] | None = None):
         super().__init__(message)
@@ -41,7 +45,8 @@ class IntegrityError(ModelshelfError):
 
 
 class ConflictError(ModelshelfError):
-    """An operation conflicts with what is on the shelf (type mismatch, aliased version, ...)."""
+    """An operation conflicts with the state of the shelf: a name of another type, an aliased
+    version, a shelf format newer than this code, too many concurrent writers."""
 
 
 class UnsafeLoadError(ModelshelfError):

@@ -1,4 +1,5 @@
-"""Transfer progress: code that moves bytes reports them; a front end (the CLI) listens."""
+"""Transfer progress: code that moves bytes reports them; a front end (the CLI) listens.
+And how a number of bytes reads to a person."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def listening(callback: Callable[[int], None]) -> Iterator[None]:
         yield
     finally:
         _LISTENER.reset(token)
+
+
+def human_size(n: int | None) -> str:
+    """``1536`` -> ``"1.5 KiB"``; None -> ``"-"``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)

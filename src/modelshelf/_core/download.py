@@ -1,0 +1,229 @@
+"""Downloads into the local cache: verified blobs, and versions materialised from them.
+
+The cache's layout is ``CachePaths`` (``_format.layout``), under ``$MODELSHELF_CACHE``
+(default ``~/.cache/modelshelf``).
+
+Versions that share a file share its disk. Every byte fetched from a shelf is hashed on the
+way in; ``verify=True`` re-checks cached files too (cheaply, by their stat data, and by
+re-hashing whatever changed since).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._config import cache_dir
+from .._errors import IntegrityError
+from .._format.layout import CachePaths, blob_key
+from .._format.manifest import FileEntry, safe_join
+from .._storage import Storage
+from .._storage.hashing import hash_chunks, write_hashed
+from . import hashcache, references
+
+if TYPE_CHECKING:
+    from .repository import Repository
+    from .version import ArtifactVersion
+
+
+def _paths() -> CachePaths:
+    return CachePaths(cache_dir())
+
+
+def blob_path(hexdigest: str) -> Path:
+    return _paths().blob(hexdigest)
+
+
+def version_dir(repo: Repository, version: ArtifactVersion) -> Path:
+    return _paths().version_dir(repo.id, version.name, version.version)
+
+
+def _tmp_path() -> Path:
+    tmp = _paths().tmp
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp / f"{uuid.uuid4().hex}.part"
+
+
+def _source(
+    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry
+) -> Iterator[bytes]:
+    """The bytes of one file, from the shelf's blobs or from the referenced location."""
+    if entry.ref is not None:
+        return references.fetch(rel, entry)
+    hexes = [d.split(":", 1)[1] for d, _ in entry.chunks] if entry.chunks else [entry.hex or ""]
+    for h in hexes:
+        if not storage.exists(blob_key(h)):
+            raise IntegrityError(
+                f"{version.ref}: the bytes of {rel!r} are missing from the shelf "
+                f"({storage.describe(blob_key(h))}).",
+                ref=version.ref,
+                files=[rel],
+            )
+    return itertools.chain.from_iterable(storage.iter_chunks(blob_key(h)) for h in hexes)
+
+
+def _into_cache(chunks: Iterator[bytes], check: Callable[[str, int], None]) -> Path:
+    """Write ``chunks`` into the blob cache under their sha256, once ``check(hex, size)``
+    accepts them (it raises IntegrityError otherwise, and nothing is kept)."""
+    tmp = _tmp_path()
+    try:
+        with open(tmp, "wb") as f:
+            hexdigest, size = write_hashed(chunks, f)
+        check(hexdigest, size)
+        dest = blob_path(hexdigest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        st = os.stat(tmp)
+        os.replace(tmp, dest)
+        hashcache.remember(dest, hexdigest, st, written_by_us=True)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fetch(storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry) -> Path:
+    """Download one file into the blob cache, checking its size and digest on the way."""
+
+    def check(hexdigest: str, size: int) -> None:
+        if (entry.digest and entry.hex != hexdigest) or size != entry.size:
+            raise IntegrityError(
+                f"{version.ref}: {rel!r} is corrupted: expected {entry.size} bytes with "
+                f"{entry.digest}, read {size} bytes with sha256:{hexdigest}.",
+                ref=version.ref,
+                files=[rel],
+            )
+
+    return _into_cache(_source(storage, version, rel, entry), check)
+
+
+def _cached_blob(
+    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, verify: bool
+) -> Path:
+    """A verified cached copy of one file's bytes, fetched if missing or damaged."""
+    if entry.hex is None:  # a reference recorded without checksum: fetch, check size and ETag
+        return _fetch(storage, version, rel, entry)
+    cached = blob_path(entry.hex)
+    if cached.exists():
+        if not verify or hashcache.file_digest(cached) == entry.hex:
+            return cached
+        cached.unlink(missing_ok=True)  # damaged in the cache: fetch it again
+    return _fetch(storage, version, rel, entry)
+
+
+def _place(blob: Path, dest: Path, *, link: bool) -> None:
+    """Put ``blob``'s bytes at ``dest`` atomically: a hard link into the cache, else a copy."""
+    if dest.exists() and link and os.path.samefile(blob, dest):
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+    try:
+        linked = False
+        if link:
+            with contextlib.suppress(OSError):
+                os.link(blob, tmp)
+                linked = True
+        if not linked:
+            shutil.copyfile(blob, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _targets(root: Path, files: list[str]) -> dict[str, Path]:
+    """Check every manifest path before anything is written (a hostile shelf writes nothing)."""
+    return {rel: safe_join(root, rel) for rel in files}
+
+
+def download(
+    repo: Repository, version: ArtifactVersion, root: Path | None, *, verify: bool
+) -> Path:
+    """The version's files in ``root`` (default: its folder in the cache), checked."""
+    into_cache = root is None
+    target = version_dir(repo, version) if root is None else root
+    entries = version.manifest.files
+    targets = _targets(target, list(entries))
+    target.mkdir(parents=True, exist_ok=True)
+    bad: list[str] = []
+    errors: list[str] = []
+    for rel, dest in targets.items():
+        entry = entries[rel]
+        try:
+            blob = _cached_blob(repo.storage, version, rel, entry, verify)
+        except IntegrityError as exc:
+            bad.extend(exc.files or [rel])
+            errors.append(str(exc))
+            continue
+        if not into_cache and entry.hex and dest.exists() and hashcache.lookup(dest) == entry.hex:
+            continue  # already copied there, untouched since
+        _place(blob, dest, link=into_cache)
+        if not into_cache and entry.hex:
+            hashcache.remember(dest, entry.hex, dest.stat(), written_by_us=True)
+    if bad:
+        raise IntegrityError(
+            f"{version.ref}: {len(bad)} file(s) failed verification: " + " ".join(errors),
+            ref=version.ref,
+            files=bad,
+        )
+    hashcache.mark_used([e.hex for e in entries.values() if e.hex])
+    return target
+
+
+def download_file(repo: Repository, version: ArtifactVersion, rel: str) -> Path:
+    """One file of the version, in its folder in the cache, checked."""
+    dest = _targets(version_dir(repo, version), [rel])[rel]
+    entry = version.manifest.files[rel]
+    blob = _cached_blob(repo.storage, version, rel, entry, verify=True)
+    _place(blob, dest, link=True)
+    if entry.hex:
+        hashcache.mark_used([entry.hex])
+    return dest
+
+
+def verify_on_shelf(repo: Repository, version: ArtifactVersion) -> None:
+    """Re-read every byte of ``version`` from the shelf (and check every reference)."""
+    problems: list[str] = []
+    bad: list[str] = []
+    for rel, entry in sorted(version.manifest.files.items()):
+        try:
+            if entry.ref is not None:
+                references.check(rel, entry)
+                continue
+            hexdigest, size = hash_chunks(_source(repo.storage, version, rel, entry))
+            if hexdigest != entry.hex or size != entry.size:
+                raise IntegrityError(
+                    f"{rel!r}: expected {entry.size} bytes with {entry.digest}, found {size} "
+                    f"bytes with sha256:{hexdigest}",
+                    files=[rel],
+                )
+        except IntegrityError as exc:
+            bad.append(rel)
+            problems.append(str(exc))
+    if bad:
+        raise IntegrityError(
+            f"{version.ref} failed verification; bad files: {', '.join(map(repr, bad))}. "
+            + " ".join(problems),
+            ref=version.ref,
+            files=bad,
+        )
+
+
+def cached_blob_from(storage: Storage, hexdigest: str) -> Path:
+    """A verified local copy of one blob of ``storage`` (from the cache, or fetched into it)."""
+    dest = blob_path(hexdigest)
+    if dest.exists() and hashcache.file_digest(dest) == hexdigest:
+        return dest
+
+    def check(got: str, _size: int) -> None:
+        if got != hexdigest:
+            raise IntegrityError(
+                f"The blob {storage.describe(blob_key(hexdigest))} is corrupted "
+                f"(its bytes hash to {got})."
+            )
+
+    return _into_cache(storage.iter_chunks(blob_key(hexdigest)), check)

@@ -1,0 +1,136 @@
+"""A local cache of file digests keyed by stat data, so unchanged files are not hashed again.
+
+Like git's index or DVC's state database: a file whose path, size, mtime, ctime, inode and
+device are unchanged since it was hashed keeps its digest. An entry written less than
+``RACY_SECONDS`` after the file's last change is not trusted (the file could have changed again
+within the same timestamp tick), as in git's "racy clean" rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+
+from .._config import cache_dir
+from .._format.layout import CachePaths
+from .._storage.hashing import sha256_file
+
+RACY_SECONDS = 1.0
+
+_LOCK = threading.Lock()
+_CONNECTIONS: dict[tuple[str, int], sqlite3.Connection] = {}
+
+
+def _connect() -> sqlite3.Connection | None:
+    db = CachePaths(cache_dir()).hash_db
+    key = (str(db), os.getpid())  # a connection must not cross a fork
+    conn = _CONNECTIONS.get(key)
+    if conn is not None:
+        return conn
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(key[0], timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # a lost entry only costs a re-hash
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
+            " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
+        )
+        conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
+    except (OSError, sqlite3.Error):
+        return None  # no writable cache: hash every time
+    _CONNECTIONS[key] = conn
+    return conn
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def lookup(path: str | os.PathLike[str], st: os.stat_result | None = None) -> str | None:
+    """Return the cached hex sha256 of ``path`` if its stat data is unchanged, else None."""
+    real = os.path.realpath(path)
+    st = st or os.stat(real)
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(
+                "SELECT size, mtime_ns, ctime_ns, ino, dev, digest FROM hashes WHERE path=?",
+                (real,),
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+    if row is None or tuple(row[:5]) != _stat_key(st):
+        return None
+    return str(row[5])
+
+
+def remember(
+    path: str | os.PathLike[str], digest: str, st: os.stat_result, *, written_by_us: bool = False
+) -> None:
+    """Record the digest of ``path`` for the stat data ``st`` taken before it was read.
+
+    ``written_by_us``: the caller wrote these very bytes (a cache file), so the racy-clean
+    rule, which guards against another writer, does not apply.
+    """
+    changed = max(st.st_mtime_ns, st.st_ctime_ns) / 1e9
+    if not written_by_us and time.time() - changed < RACY_SECONDS:
+        return
+    real = os.path.realpath(path)
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(
+                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (real, *_stat_key(st), digest),
+            )
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """Return the hex sha256 of a local file, from the cache when its stat data is unchanged."""
+    st = os.stat(path)
+    cached = lookup(path, st)
+    if cached is not None:
+        return cached
+    digest = sha256_file(path)
+    if _stat_key(os.stat(path)) == _stat_key(st):
+        remember(path, digest, st)
+    return digest
+
+
+def forget(path: str | os.PathLike[str]) -> None:
+    with _LOCK:
+        conn = _connect()
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("DELETE FROM hashes WHERE path=?", (os.path.realpath(path),))
+
+
+def mark_used(digests: list[str]) -> None:
+    """Record that cached blobs were just used (for least-recently-used pruning)."""
+    at = time.time()
+    with _LOCK:
+        conn = _connect()
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO used VALUES (?, ?)", [(d, at) for d in digests]
+                )
+
+
+def last_used() -> dict[str, float]:
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return {}
+        try:
+            return {str(d): float(at) for d, at in conn.execute("SELECT digest, at FROM used")}
+        except sqlite3.Error:
+            return {}

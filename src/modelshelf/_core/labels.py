@@ -1,0 +1,186 @@
+"""Aliases and the mutable labels of versions (tags, description, metadata, deletion).
+
+Both are logs of whole snapshots on the shelf (docs/format.md): a change appends the next
+snapshot, computed from the head, with create-if-absent; a writer that loses a race retries
+on the new head, so concurrent changes are never lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .._errors import ConflictError, NotFoundError
+from .._format.layout import ArtifactKeys
+from .._format.names import LATEST, validate_alias
+from .._format.records import (
+    AliasRecord,
+    Record,
+    StateRecord,
+    dumps,
+    isoformat,
+    loads,
+    now,
+    parse_time,
+    writer_info,
+)
+from .._format.seqlog import SeqLog
+from .._storage import Storage
+
+
+class AliasEvent(NamedTuple):
+    """One move of an alias: it pointed to ``version`` (None: removed) from ``at`` on."""
+
+    alias: str
+    version: int | None
+    at: _dt.datetime
+    run_id: str | None
+    previous: int | None = None
+
+
+def initial_state(record: Record) -> StateRecord:
+    """The labels a version has before any change: those of its commit record."""
+    return {
+        "tags": list(record.get("tags", [])),
+        "description": record.get("description"),
+        "metadata": dict(record.get("metadata", {})),
+    }
+
+
+class Labels:
+    """The alias and label records of the artifacts of one shelf."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def versions_log(self, name: str) -> SeqLog:
+        return SeqLog(self.storage, ArtifactKeys(name).versions)
+
+    # -- mutable state: tags, description, metadata, deletion ------------------------------
+    def state(self, name: str, version: int, record: Record) -> Record:
+        """The current labels of ``name:v<version>`` whose commit record is ``record``."""
+        _, head = SeqLog(self.storage, ArtifactKeys(name).state(version), hint=False).head()
+        return head if head is not None else dict(initial_state(record))
+
+    def all_states(self, name: str) -> dict[int, Record]:
+        """The newest state record of each version that was ever changed."""
+        latest: dict[int, str] = {}
+        for key in self.storage.find(ArtifactKeys(name).states):
+            n = ArtifactKeys.state_version(key)
+            if n is not None:
+                latest[n] = max(latest.get(n, ""), key)
+        got = self.storage.read_many(list(latest.values()))
+        return {n: loads(got[k], k) for n, k in latest.items() if k in got}
+
+    def update_state(self, name: str, version: int, change: Callable[[Record], None]) -> Record:
+        """Apply ``change`` to the labels of ``name:v<version>`` and record the result."""
+        record = self.versions_log(name).get(version)
+        if record is None:
+            raise NotFoundError(f"{name}:v{version} does not exist.", ref=f"{name}:v{version}")
+
+        def make(_n: int, head: Record | None) -> Record | None:
+            base = head if head is not None else initial_state(record)
+            state: Record = copy.deepcopy(dict(base))
+            if state.get("deleted"):
+                raise NotFoundError(f"{name}:v{version} was deleted.", ref=f"{name}:v{version}")
+            before = json.dumps(state, sort_keys=True)
+            change(state)
+            if json.dumps(state, sort_keys=True) == before:
+                return None
+            state["at"] = isoformat(now())
+            return state
+
+        log = SeqLog(self.storage, ArtifactKeys(name).state(version), hint=False)
+        if log.head()[1] is None:
+            # The first change: start the log with the state as committed, then change it.
+            log.storage.create(log.key(0), dumps(initial_state(record)))
+        return log.append(make)[1]
+
+    def mark_deleted(self, name: str, version: int) -> None:
+        def change(state: Record) -> None:
+            state["deleted"] = True
+
+        self.update_state(name, version, change)
+
+    # -- aliases -------------------------------------------------------------------------
+    def alias_map(self, name: str) -> dict[str, int]:
+        """Every alias of ``name`` (``latest`` excepted) and the version it points to."""
+        _, head = SeqLog(self.storage, ArtifactKeys(name).aliases).head()
+        return {k: int(v) for k, v in (head or {}).get("aliases", {}).items()}
+
+    def move_aliases(
+        self, name: str, moves: dict[str, int | None], *, run_id: str | None = None
+    ) -> None:
+        """Point each alias at its version (None: remove it), in one atomic record."""
+        for alias in moves:
+            validate_alias(alias)
+        if LATEST in moves:
+            raise ConflictError(
+                "'latest' is managed by the shelf: it always points to the newest version. "
+                "Choose another alias, such as 'best' or 'production'."
+            )
+        versions = self.versions_log(name)
+        for alias, target in moves.items():
+            if target is not None and versions.get(target) is None:
+                raise NotFoundError(f"Cannot set {alias!r}: {name}:v{target} does not exist.")
+
+        def make(_n: int, head: Record | None) -> Record | None:
+            current = dict((head or {}).get("aliases", {}))
+            at = isoformat(now())
+            events = []
+            for alias, target in moves.items():
+                previous = current.get(alias)
+                if previous == target:
+                    continue
+                if target is None:
+                    current.pop(alias, None)
+                else:
+                    current[alias] = target
+                events.append(
+                    {"alias": alias, "from": previous, "to": target, "at": at, "run_id": run_id}
+                )
+            if not events:
+                return None
+            record: AliasRecord = {"aliases": current, "events": events, "by": writer_info()}
+            return dict(record)
+
+        SeqLog(self.storage, ArtifactKeys(name).aliases).append(make)
+
+    def remove_alias(
+        self, name: str, alias: str, version: int, *, run_id: str | None = None
+    ) -> None:
+        """Remove ``alias`` from ``name:v<version>``; NotFoundError if it points elsewhere."""
+        current = self.alias_map(name).get(alias)
+        if current != version:
+            where = f"it points to v{current}" if current is not None else "it is not set"
+            raise NotFoundError(f"{name}:v{version} has no alias {alias!r} ({where}).")
+        self.move_aliases(name, {alias: None}, run_id=run_id)
+
+    def alias_history(self, name: str, alias: str | None) -> list[AliasEvent]:
+        """Every move of ``alias`` (or of every alias) of ``name``, oldest first.
+
+        ``latest`` moves with each new version; its history is derived from the versions.
+        """
+        events = []
+        for _n, record in SeqLog(self.storage, ArtifactKeys(name).aliases).all():
+            for e in record.get("events", []):
+                if alias is None or e["alias"] == alias:
+                    events.append(
+                        AliasEvent(
+                            e["alias"], e["to"], parse_time(e["at"]), e.get("run_id"), e["from"]
+                        )
+                    )
+        if alias in (None, LATEST):
+            previous = None
+            for _n, rec in self.versions_log(name).all():
+                n = int(rec["version"])
+                events.append(
+                    AliasEvent(
+                        LATEST, n, parse_time(rec["created_at"]), rec.get("run_id"), previous
+                    )
+                )
+                previous = n
+        return sorted(events, key=lambda e: e.at)

@@ -1,0 +1,381 @@
+"""The repository core: one shelf's records and blobs, and the one path that commits a version.
+
+``Shelf`` is the public facade over a ``Repository``; features (runs, lineage, diff, copy,
+clean-up), model codecs and the checkpoint engine use the methods below, never the
+facade's private parts. The commit protocol is docs/format.md's "Committing a version".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .._config import FORMAT_VERSION
+from .._errors import ConflictError, IntegrityError, NotFoundError
+from .._format.layout import (
+    ARTIFACTS,
+    ROOT_RECORD,
+    ArtifactKeys,
+    RunKeys,
+    blob_key,
+    lease_key,
+    manifest_key,
+    name_from_folders,
+)
+from .._format.manifest import HEX_RE, FileEntry, Manifest
+from .._format.names import LATEST, Ref, parse_ref, validate_name
+from .._format.records import (
+    ArtifactInfo,
+    EdgeRecord,
+    LeaseRecord,
+    Record,
+    RootRecord,
+    UsedByRecord,
+    dumps,
+    isoformat,
+    loads,
+    now,
+    writer_info,
+)
+from .._format.seqlog import SeqLog
+from .._storage import ChangedWhileReading, open_storage
+from . import hashcache
+from .gc import gc_head, settle_with_gc
+from .labels import Labels, initial_state
+from .sources import Referenced, Source
+from .version import ArtifactVersion
+
+logger = logging.getLogger("modelshelf")
+
+
+class Repository:
+    """The versions, aliases, labels, blobs and manifests of one shelf.
+
+    Args:
+        url: a local path or fsspec URL.
+        storage_options: passed to the fsspec filesystem.
+        facade: the public object that owns this repository (a ``Shelf``); the versions
+            handed out return it as their ``.shelf``.
+    """
+
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, *, facade: Any = None
+    ) -> None:
+        self.storage = open_storage(url, storage_options)
+        self.url = self.storage.url
+        self.facade = facade
+        self.labels = Labels(self.storage)
+        self._root: Record | None = None
+        self._init_lock = threading.Lock()
+
+    # -- the root record -----------------------------------------------------------------
+    def info(self, *, create: bool) -> Record | None:
+        """The shelf's root record (created first when ``create``), or None if it has none."""
+        if self._root is not None:
+            return self._root
+        with self._init_lock:
+            data = self.storage.try_read(ROOT_RECORD)
+            if data is None and create:
+                record: RootRecord = {
+                    "format": FORMAT_VERSION,
+                    "id": uuid.uuid4().hex,
+                    "created_at": isoformat(now()),
+                    "created_by": writer_info(),
+                }
+                self.storage.create(ROOT_RECORD, dumps(record))
+                data = self.storage.read(ROOT_RECORD)  # another process may have won
+            if data is None:
+                return None
+            info = loads(data, self.storage.describe(ROOT_RECORD))
+            if int(info.get("format", 0)) > FORMAT_VERSION:
+                raise ConflictError(
+                    f"The shelf {self.url!r} uses format {info['format']}, newer than this "
+                    f"modelshelf understands ({FORMAT_VERSION}). Upgrade modelshelf."
+                )
+            self._root = info
+            return info
+
+    @property
+    def id(self) -> str:
+        info = self.info(create=True)
+        assert info is not None
+        return str(info["id"])
+
+    # -- names ---------------------------------------------------------------------------
+    def type_of(self, name: str) -> str | None:
+        """The type of the artifact ``name``, or None if it was never logged."""
+        data = self.storage.try_read(ArtifactKeys(name).info)
+        return str(loads(data, name)["type"]) if data else None
+
+    def claim_name(self, name: str, type: str) -> None:
+        """Make ``name`` an artifact of ``type``; ConflictError if it is one of another type."""
+        key = ArtifactKeys(name).info
+        data = self.storage.try_read(key)
+        if data is None:
+            record: ArtifactInfo = {"name": name, "type": type, "created_at": isoformat(now())}
+            if self.storage.create(key, dumps(record)):
+                return
+            data = self.storage.read(key)  # created by another writer meanwhile
+        existing = loads(data, name)
+        if existing["type"] != type:
+            raise ConflictError(
+                f"{name!r} is an artifact of type {existing['type']!r}, not {type!r}. "
+                f"Log it with type={existing['type']!r} or choose another name."
+            )
+
+    # -- blobs ---------------------------------------------------------------------------
+    def put_file(self, path: Path) -> tuple[str, int]:
+        """Store a local file as a blob (skipped when its bytes are there); (hex, size)."""
+        st = os.stat(path)
+        cached = hashcache.lookup(path, st)
+        if cached is None and self.storage.remote:
+            cached = hashcache.file_digest(path)  # hash first: skip uploads of known bytes
+        if cached is not None and self.storage.exists(blob_key(cached)):
+            return cached, st.st_size
+        changed = ConflictError(f"{str(path)!r} changed while it was being stored; log it again.")
+        try:
+            hexdigest = self.storage.upload(path, blob_key, cached)
+        except ChangedWhileReading:
+            raise changed from None
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise changed
+        hashcache.remember(path, hexdigest, st)
+        return hexdigest, st.st_size
+
+    # -- committing ----------------------------------------------------------------------
+    def commit(
+        self,
+        name: str,
+        type: str,
+        files: Mapping[str, Source | FileEntry],
+        fields: dict[str, Any],
+        *,
+        aliases: list[str],
+        run_id: str | None,
+        created_at: str | None = None,
+    ) -> ArtifactVersion:
+        """Store ``files`` and commit them as the next version of ``name``: the one commit
+        path of log_artifact, log_model, copy and the checkpoint writer.
+
+        ``fields`` are the commit record's description, metadata and tags (and, for a copy,
+        where it came from). Content identical to an existing version of ``name`` commits
+        nothing: that version is returned, with the tags and aliases applied.
+        """
+        self.info(create=True)
+        self.claim_name(name, type)
+        gc_seen = gc_head(self.storage)  # before any blob is looked at: see gc
+        sources = {
+            rel: Referenced(item) if isinstance(item, FileEntry) else item
+            for rel, item in sorted(files.items())
+        }
+        entries: dict[str, FileEntry] = {}
+        by_hex: dict[str, Source] = {}
+        for rel, source in sources.items():
+            entries[rel] = source.store(self)
+            by_hex.update(dict.fromkeys(entries[rel].blob_hexes(), source))
+        manifest = Manifest(entries)
+        digest = manifest.digest()
+        existing = self._identical(name, digest)
+        if existing is not None:
+            logger.warning(
+                "%s holds the same content as this log; no new version was created.", existing.ref
+            )
+            if fields.get("tags"):
+                existing.add_tags(*fields["tags"])
+            if aliases:
+                self.labels.move_aliases(
+                    name, dict.fromkeys(aliases, existing.version), run_id=run_id
+                )
+            return self.get(existing.ref)
+        lease = uuid.uuid4().hex
+        blobs = manifest.blob_hexes()
+        lease_record: LeaseRecord = {"at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs)}
+        self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
+        try:
+            settle_with_gc(self.storage, gc_seen, blobs, lambda h: by_hex[h].store(self))
+            manifest_hex = manifest.sha256()
+            self.storage.create(manifest_key(manifest_hex), manifest.to_bytes())
+            record = {
+                "name": name,
+                "type": type,
+                "digest": digest,
+                "manifest": manifest_hex,
+                "size": manifest.size,
+                "file_count": len(manifest.files),
+                "created_at": created_at or isoformat(now()),
+                "created_by": writer_info(),
+                "run_id": run_id,
+                **fields,
+            }
+            version, _ = self.labels.versions_log(name).append(
+                lambda n, _head: {**record, "version": n}
+            )
+        finally:
+            self.storage.delete(lease_key(lease))
+        with contextlib.suppress(OSError):
+            self.storage.replace(
+                ArtifactKeys(name).digest(digest), str(version).encode(), durable=False
+            )
+        if run_id is not None:
+            self.record_edge(run_id, "outputs", name, version)
+        if aliases:
+            self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
+        return self.get(f"{name}:v{version}")
+
+    def _identical(self, name: str, digest: str) -> ArtifactVersion | None:
+        data = self.storage.try_read(ArtifactKeys(name).digest(digest))
+        if data is None:
+            return None
+        try:
+            version = self.get(f"{name}:v{int(data)}")
+        except (NotFoundError, ValueError):
+            return None
+        return version if version.digest == digest else None
+
+    # -- lineage edges -------------------------------------------------------------------
+    def record_edge(self, run_id: str, kind: str, name: str, version: int) -> None:
+        """Append an input or output edge of a run (and the reverse index for inputs)."""
+        edge: EdgeRecord = {"name": name, "version": version, "at": isoformat(now())}
+        SeqLog(self.storage, RunKeys(run_id).edges(kind)).append(lambda _n, _h: dict(edge))
+        if kind == "inputs":
+            used: UsedByRecord = {"run_id": run_id, "at": edge["at"]}
+            self.storage.create(ArtifactKeys(name).used_by_entry(version, run_id), dumps(used))
+
+    def used_by(self, name: str, version: int) -> list[str]:
+        """The ids of the runs that used ``name:v<version>`` as an input."""
+        entries = self.storage.listdir(ArtifactKeys(name).used_by(version))
+        return [entry.removesuffix(".json") for entry in entries]
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, ref: str) -> ArtifactVersion:
+        """The version ``ref`` names (see ``Shelf.get``)."""
+        parsed = parse_ref(ref)
+        self.info(create=False)
+        aliases = self.labels.alias_map(parsed.name)
+        latest = self.latest(parsed.name)
+        log = self.labels.versions_log(parsed.name)
+        if latest is None:
+            head, _ = log.head()
+            if head >= 0:
+                raise NotFoundError(
+                    f"Every version of {parsed.name!r} (v0 to v{head}) was deleted; log a new "
+                    "one to use the name again.",
+                    ref=str(ref),
+                )
+            raise self._missing_artifact(parsed)
+        if parsed.version is not None:
+            number = parsed.version
+        elif parsed.alias == LATEST:
+            number = latest
+        elif parsed.alias in aliases:
+            number = aliases[parsed.alias]
+        else:
+            shown = ", ".join(sorted({LATEST, *aliases})) or "none"
+            raise NotFoundError(
+                f"{parsed.name!r} has no alias {parsed.alias!r}. Its aliases: {shown}; its "
+                f"newest version is v{latest}.",
+                ref=str(ref),
+            )
+        record = log.get(number)
+        state = self.labels.state(parsed.name, number, record) if record else None
+        if record is None or state is None or state.get("deleted"):
+            gone = "was deleted" if record is not None else "does not exist"
+            raise NotFoundError(
+                f"{parsed.name}:v{number} {gone}. The newest version of {parsed.name!r} is "
+                f"v{latest}; aliases: {', '.join(sorted({LATEST, *aliases}))}.",
+                ref=str(ref),
+            )
+        if record.get("name") != parsed.name or record.get("version") != number:
+            raise IntegrityError(
+                f"The commit record of {parsed.name}:v{number} names "
+                f"{record.get('name')!r} v{record.get('version')!r}; the shelf was edited by hand "
+                "or tampered with.",
+                ref=str(ref),
+            )
+        return self._version(record, state, aliases, latest)
+
+    def _version(
+        self, record: Record, state: Record, aliases: dict[str, int], latest: int | None
+    ) -> ArtifactVersion:
+        n = int(record["version"])
+        names = [a for a, v in aliases.items() if v == n]
+        if n == latest:
+            names.append(LATEST)
+        return ArtifactVersion(self, record, state, sorted(names))
+
+    def _missing_artifact(self, parsed: Ref) -> NotFoundError:
+        names = self.artifacts()
+        near = [n for n in names if parsed.basename.lower() in n.lower()] or names
+        listing = ", ".join(near[:10]) if near else "the shelf is empty"
+        return NotFoundError(
+            f"No artifact named {parsed.name!r} on {self.url}. Artifacts: {listing}"
+            + (f" (and {len(near) - 10} more)" if len(near) > 10 else "")
+            + ".",
+            ref=str(parsed),
+        )
+
+    def versions(self, name: str) -> list[ArtifactVersion]:
+        """Every version of ``name`` that was not deleted, oldest first."""
+        validate_name(name)
+        self.info(create=False)
+        records = self.labels.versions_log(name).all()
+        if not records:
+            raise self._missing_artifact(Ref(name))
+        aliases = self.labels.alias_map(name)
+        states = self.labels.all_states(name)
+        live = [(rec, states.get(n, dict(initial_state(rec)))) for n, rec in records]
+        live = [(rec, st) for rec, st in live if not st.get("deleted")]
+        latest = int(live[-1][0]["version"]) if live else None
+        return [self._version(rec, st, aliases, latest) for rec, st in live]
+
+    def artifacts(self, type: str | None = None, project: str | None = None) -> list[str]:
+        """Names of the artifacts on the shelf, sorted; optionally of one type or project."""
+        self.info(create=False)
+        projects = self.storage.listdir(ARTIFACTS)
+        if project is not None:
+            validate_name(project)
+            projects = [project] if project in projects else []
+        names = [
+            name_from_folders(p, base)
+            for p in projects
+            for base in self.storage.listdir(f"{ARTIFACTS}/{p}")
+        ]
+        if type is None:
+            return sorted(names)
+        keys = {n: ArtifactKeys(n).info for n in names}
+        infos = self.storage.read_many(list(keys.values()))
+        return sorted(
+            n for n, k in keys.items() if k in infos and loads(infos[k], n).get("type") == type
+        )
+
+    def latest(self, name: str) -> int | None:
+        """The newest version of ``name`` that was not deleted, or None."""
+        log = self.labels.versions_log(name)
+        n, record = log.head()
+        while n >= 0 and record is not None:
+            state = self.labels.state(name, n, record)
+            if not state.get("deleted"):
+                return n
+            n -= 1
+            record = log.get(n)
+        return None
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - manifests are immutable
+    def manifest(self, hexdigest: str) -> Manifest:
+        """The manifest stored under ``hexdigest`` (checked before it names a key)."""
+        if not HEX_RE.fullmatch(hexdigest):
+            raise IntegrityError(f"Malformed manifest digest {hexdigest!r} in a commit record.")
+        key = manifest_key(hexdigest)
+        try:
+            data = self.storage.read(key)
+        except FileNotFoundError:
+            raise IntegrityError(f"The manifest {self.storage.describe(key)} is missing.") from None
+        return Manifest.from_bytes(data, self.storage.describe(key))

@@ -1,0 +1,81 @@
+"""PyTorch and Lightning models: weights as safetensors, rebuilt from a recorded recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._core.sources import StreamedFile
+from .._deps import require
+from .base import Codec, Files, mro_has
+
+if TYPE_CHECKING:
+    from .._core.repository import Repository
+    from .._core.version import ArtifactVersion
+
+
+def torch_parts(
+    model: Any, init_args: dict[str, Any] | None, *, to_host: bool = False
+) -> tuple[dict[str, StreamedFile], dict[str, Any]]:
+    """The safetensors weights of a torch model and what describes it.
+
+    ``to_host``: copy the tensors to CPU memory now (a checkpoint snapshot taken while
+    training goes on); otherwise they are read from the model when the file is written.
+    """
+    from . import torch_format as tf
+
+    tensors, aliases = tf.split_shared(model.state_dict())
+    if to_host:
+        tensors = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
+    info = {
+        "format": "torch",
+        "framework": "lightning" if tf.is_lightning(model) else "torch",
+        "weights": tf.WEIGHTS,
+        "tied": aliases,
+        "recipe": tf.recipe(model, init_args),
+        **tf.describe(model, tensors),
+    }
+    return {tf.WEIGHTS: StreamedFile(lambda: tf.safetensors_stream(tensors))}, info
+
+
+def load_torch(
+    version: ArtifactVersion, info: dict[str, Any], *, model: Any, map_location: Any
+) -> Any:
+    """Weights into ``model``, or the model rebuilt from its recipe (UnsupportedModelError
+    saying what to pass when it cannot be)."""
+    require("torch", "Loading a PyTorch model")
+    from . import torch_format as tf
+
+    weights, tied = version.path(info["weights"]), info.get("tied", {})
+    if model is not None:
+        return tf.load_weights(weights, tied, model, map_location, version.ref)
+    return tf.rebuild_and_load(info["recipe"], weights, tied, map_location, version.ref)
+
+
+class TorchCodec(Codec):
+    """A ``torch.nn.Module`` (``LightningModule`` included)."""
+
+    format = "torch"
+    options = frozenset({"init_args"})
+
+    def claims(self, model: Any) -> bool:
+        return any(
+            c.__name__ == "Module" and c.__module__ == "torch.nn.modules.module"
+            for c in type(model).__mro__
+        ) and not mro_has(model, "Learner", "fastai")
+
+    def parts(
+        self, repo: Repository, model: Any, name: str, options: dict[str, Any], tmp: Path
+    ) -> tuple[Files, dict[str, Any]]:
+        return torch_parts(model, options.get("init_args"))
+
+    def load(
+        self,
+        version: ArtifactVersion,
+        info: dict[str, Any],
+        *,
+        model: Any,
+        map_location: Any,
+        allow_pickle: bool,
+    ) -> Any:
+        return load_torch(version, info, model=model, map_location=map_location)

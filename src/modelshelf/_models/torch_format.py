@@ -1,0 +1,227 @@
+"""PyTorch models as safetensors, written tensor by tensor, and the recipe to rebuild them.
+
+Imported only when a torch model is logged or loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._config import CHUNK_SIZE
+from .._errors import InvalidMetadataError, UnsupportedModelError
+from .._format.records import clean_metadata
+
+WEIGHTS = "model.safetensors"
+
+_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
+                     ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64")):  # fmt: skip
+    if hasattr(torch, _name):
+        _DTYPES[getattr(torch, _name)] = _code
+
+
+def is_lightning(model: Any) -> bool:
+    return any(
+        c.__name__ == "LightningModule"
+        and c.__module__.startswith(("lightning.pytorch", "pytorch_lightning"))
+        for c in type(model).__mro__
+    )
+
+
+def split_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Store each tensor once: a name whose tensor is the very same memory as an earlier
+    one (tied weights, e.g. an embedding shared with the output layer) becomes an alias."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise UnsupportedModelError(f"state_dict entry {name!r} is not a tensor ({type(t)}).")
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+               tuple(t.stride()), t.dtype)  # fmt: skip
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            tensors[name] = t
+    return tensors, aliases
+
+
+def safetensors_stream(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Iterator[Any]:
+    """The bytes of a safetensors file, yielded piece by piece (no whole-file buffer)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise UnsupportedModelError(
+                f"Tensor {name!r} has dtype {t.dtype}, which safetensors cannot store."
+            )
+        n = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    yield len(raw).to_bytes(8, "little") + raw
+    for t in tensors.values():
+        if t.numel() == 0:
+            continue
+        flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        view = memoryview(flat)  # type: ignore[arg-type]
+        for start in range(0, len(view), CHUNK_SIZE):
+            yield view[start : start + CHUNK_SIZE]
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def recipe(model: torch.nn.Module, init_args: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``load_model`` needs to rebuild ``model``: its class and init arguments."""
+    cls = type(model)
+    out: dict[str, Any] = {"class": _class_path(cls), "lightning": is_lightning(model)}
+    why = None
+    if init_args is not None:
+        out["init_args"] = clean_metadata(init_args, "init_args")
+        return out
+    if out["lightning"]:
+        try:
+            out["init_args"] = clean_metadata(dict(model.hparams), "hparams")  # type: ignore[arg-type]
+            return out
+        except InvalidMetadataError as exc:
+            why = f"its hparams cannot be stored as JSON ({exc})"
+    else:
+        try:
+            required = [
+                p.name
+                for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self"
+                and p.default is p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+        except (TypeError, ValueError):
+            required = ["?"]
+        if not required:
+            out["init_args"] = {}
+            return out
+        why = (
+            f"{cls.__qualname__}.__init__ needs {', '.join(required)}; pass init_args= to log_model"
+        )
+    out["init_args"] = None
+    out["why_not"] = why
+    return out
+
+
+def describe(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()}),
+        "tensors": len(tensors),
+    }
+    example = getattr(model, "example_input_array", None)
+    if isinstance(example, torch.Tensor):
+        info["input_shape"] = list(example.shape)
+    return info
+
+
+def rebuild(rec: dict[str, Any], ref: str, *, meta: bool = False) -> torch.nn.Module:
+    """Construct the recorded class with its recorded init arguments.
+
+    With ``meta=True`` the parameters are created on the meta device: no memory, no random
+    initialisation, as the loaded weights replace them all anyway.
+    """
+    if meta:
+        with torch.device("meta"):
+            return rebuild(rec, ref)
+    if rec.get("init_args") is None:
+        raise UnsupportedModelError(
+            f"{ref} cannot be rebuilt: {rec.get('why_not') or 'no init arguments were recorded'}. "
+            f"Pass a model to load into: load_model({ref!r}, model=MyModel(...))."
+        )
+    module_name, _, qualname = rec["class"].partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UnsupportedModelError(
+            f"{ref} was logged from the class {rec['class']!r}, which cannot be imported here "
+            f"({exc}). Import the code that defines it, or pass model=MyModel(...)."
+        ) from None
+    try:
+        return obj(**rec["init_args"])  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise UnsupportedModelError(
+            f"{ref}: {rec['class']}(**{rec['init_args']!r}) failed ({exc}). Pass model=... instead."
+        ) from None
+
+
+def _on_meta(model: torch.nn.Module) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return any(t.is_meta for t in tensors)
+
+
+def load_weights(
+    path: Path, aliases: dict[str, str], model: torch.nn.Module, map_location: Any, ref: str
+) -> torch.nn.Module:
+    """Load the safetensors at ``path`` into ``model`` (strictly); return it in eval mode.
+
+    A model built on the meta device takes the loaded tensors as its own (no copy), and its
+    tied weights are tied again.
+    """
+    from safetensors.torch import load_file
+
+    device = str(map_location) if isinstance(map_location, torch.device) else map_location
+    if not isinstance(device, (str, int)):
+        raise InvalidMetadataError(
+            f"map_location={map_location!r}: give a device such as 'cpu', 'cuda:0' or torch.device."
+        )
+    state = load_file(str(path), device=device)
+    for alias, canonical in aliases.items():
+        state[alias] = state[canonical]
+    assign = _on_meta(model)
+    try:
+        model.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as exc:
+        raise UnsupportedModelError(
+            f"The weights of {ref} do not fit {type(model).__qualname__}: {exc}"
+        ) from None
+    if assign:
+        for alias, canonical in aliases.items():
+            owner, _, attr = alias.rpartition(".")
+            target = model.get_submodule(owner) if owner else model
+            setattr(target, attr, model.get_parameter(canonical))
+        if _on_meta(model):
+            raise _StillOnMeta
+    model.to(torch.device(device) if isinstance(device, str) else device)
+    return model.eval()
+
+
+class _StillOnMeta(Exception):
+    """The module made tensors that are not in its state_dict: build it for real instead."""
+
+
+def rebuild_and_load(
+    rec: dict[str, Any], path: Path, aliases: dict[str, str], map_location: Any, ref: str
+) -> torch.nn.Module:
+    try:
+        return load_weights(path, aliases, rebuild(rec, ref, meta=True), map_location, ref)
+    except _StillOnMeta:
+        return load_weights(path, aliases, rebuild(rec, ref), map_location, ref)

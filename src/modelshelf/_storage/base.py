@@ -1,0 +1,223 @@
+"""The storage contract: key/value access to a shelf root, and its generic fsspec form.
+
+Everything above this package speaks in *keys* (``"artifacts/_/m/versions/000000000003.json"``),
+relative to the shelf root. A backend gives them the few primitives the shelf format is built
+on (docs/format.md):
+
+- ``read`` / ``try_read`` / ``read_many`` / ``open_read``: bytes at a key;
+- ``create``: atomic create-if-absent, **the** primitive every log of records relies on;
+- ``replace``: atomic overwrite (readers see the old bytes or the new, whole);
+- ``find`` / ``find_detailed`` / ``listdir`` / ``exists`` / ``size``;
+- ``delete`` / ``delete_many``;
+- ``upload`` (a local file) and ``put_stream`` (bytes made on the fly): stored under the
+  key of their sha256, hashed on the way.
+
+``Storage`` implements them for any fsspec filesystem with write-then-move; the subclasses in
+``local``, ``objectstore`` and ``memory`` replace the ones their backend does better or
+needs done differently (each backend's create-if-absent lives in its own class).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+import fsspec
+
+from .hashing import file_chunks, reader_chunks, write_hashed
+
+KeyFor = Callable[[str], str]
+Chunks = Callable[[], Iterable[Any]]
+
+
+class ChangedWhileReading(OSError):
+    """A local file's bytes changed while it was being stored."""
+
+    def __init__(self, source: str | os.PathLike[str]) -> None:
+        super().__init__(f"{os.fspath(source)!r} changed while it was being stored; log it again")
+
+
+class Storage:
+    """A shelf root on an fsspec filesystem, addressed by relative keys.
+
+    This generic form serves filesystems that are neither local disk, an object store nor
+    memory: create-if-absent opens the key with ``"xb"``; other writes go to a temporary key
+    that is moved into place.
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url
+        #: True where hashing a file before uploading it is cheaper than uploading it again.
+        self.remote = False
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    def describe(self, key: str) -> str:
+        """A user-facing location for ``key`` (for error messages)."""
+        return f"{self.url}/{key}"
+
+    def _strip(self, path: str) -> str:
+        return str(self.fs._strip_protocol(path))  # noqa: SLF001 - fsspec's path normaliser
+
+    def _relative(self, path: str) -> str | None:
+        root = self._strip(self.root).rstrip("/")
+        p = self._strip(path)
+        return p[len(root) + 1 :] if p.startswith(root + "/") else None
+
+    # -- reads ---------------------------------------------------------------------------
+    def read(self, key: str) -> bytes:
+        """Return the bytes at ``key``; raise FileNotFoundError when absent."""
+        return bytes(self.fs.cat_file(self.path(key)))
+
+    def try_read(self, key: str) -> bytes | None:
+        try:
+            return self.read(key)
+        except FileNotFoundError:
+            return None
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """Return the bytes of each key that exists (fetched concurrently where supported)."""
+        if not keys:
+            return {}
+        paths = [self.path(k) for k in keys]
+        got = self.fs.cat(paths, on_error="return")
+        out: dict[str, bytes] = {}
+        for key, p in zip(keys, paths, strict=True):
+            value = got.get(p, got.get(self._strip(p)))
+            if isinstance(value, (bytes, bytearray)):
+                out[key] = bytes(value)
+            elif isinstance(value, Exception) and not isinstance(value, FileNotFoundError):
+                raise value
+        return out
+
+    def open_read(self, key: str) -> IO[bytes]:
+        return self.fs.open(self.path(key), "rb")  # type: ignore[no-any-return]
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        with self.open_read(key) as f:
+            yield from reader_chunks(f)
+
+    def exists(self, key: str) -> bool:
+        path = self.path(key)
+        self.fs.invalidate_cache(path)
+        return bool(self.fs.exists(path))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def find(self, prefix: str) -> list[str]:
+        """Return every key under ``prefix`` (recursively), sorted."""
+        return sorted(self.find_detailed(prefix))
+
+    def find_detailed(self, prefix: str) -> dict[str, tuple[int, _dt.datetime | None]]:
+        """Every key under ``prefix`` with its size and last-modified time (when known)."""
+        base = self.path(prefix)
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for p, info in found.items():
+            key = self._relative(p)
+            if key is not None:
+                out[key] = (int(info.get("size") or 0), _mtime(info))
+        return out
+
+    def listdir(self, prefix: str) -> list[str]:
+        """Return the names directly under ``prefix`` (files and folders), sorted."""
+        base = self.path(prefix)
+        self.fs.invalidate_cache(base)
+        try:
+            entries = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        names = {self._strip(e).rstrip("/").rsplit("/", 1)[-1] for e in entries}
+        return sorted(n for n in names if n)
+
+    # -- writes --------------------------------------------------------------------------
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` only if nothing is there; return False if it existed."""
+        try:
+            with self.fs.open(self.path(key), "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+
+    def replace(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Overwrite ``key`` with ``data``; readers see the old or the new bytes, whole.
+
+        ``durable=False`` allows skipping the fsync, for hints that can be rebuilt.
+        """
+        tmp = self._tmp_key()
+        self.fs.pipe_file(self.path(tmp), data)
+        self.fs.mv(self.path(tmp), self.path(key))
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(key))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        paths = [self.path(k) for k in keys]
+        if paths:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(paths)
+
+    def upload(self, source: str | os.PathLike[str], key_for: KeyFor, expected: str | None) -> str:
+        """Stream a local file to ``key_for(its sha256)``, hashing it on the way; return the hash.
+
+        The bytes become visible only once complete and, when ``expected`` (the hash already
+        known) is given, only if they hash to it; otherwise nothing is written and
+        ChangedWhileReading says the file changed while it was read.
+        """
+        digest = self._put_via_tmp(lambda: file_chunks(source), key_for, expected)[0]
+        if expected is not None and digest != expected:
+            raise ChangedWhileReading(source)
+        return digest
+
+    def put_stream(self, chunks: Chunks, key_for: KeyFor) -> tuple[str, int]:
+        """Store the bytes ``chunks()`` yields (buffers) under ``key_for(sha256)``.
+
+        Used for bytes made on the fly (a safetensors file written from tensors in memory):
+        they are never gathered in one piece.
+        """
+        return self._put_via_tmp(chunks, key_for, None)
+
+    def _tmp_key(self) -> str:
+        return f"tmp/{uuid.uuid4().hex}"
+
+    def _put_via_tmp(
+        self, chunks: Chunks, key_for: KeyFor, expected: str | None
+    ) -> tuple[str, int]:
+        tmp = self._tmp_key()
+        try:
+            with self.fs.open(self.path(tmp), "wb") as f:
+                digest, size = write_hashed(chunks(), f)
+            if expected is None or digest == expected:
+                self.fs.mv(self.path(tmp), self.path(key_for(digest)))
+        finally:
+            self.delete(tmp)
+        return digest, size
+
+
+def _mtime(info: dict[str, Any]) -> _dt.datetime | None:
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, _dt.datetime):
+            return value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+        if isinstance(value, (int, float)):
+            return _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
+    return None

@@ -1,0 +1,76 @@
+"""Object stores (S3, GCS, Azure): writes become visible whole, or not at all, on completion."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from .base import ChangedWhileReading, Chunks, KeyFor, Storage
+from .hashing import file_chunks, hash_chunks, write_hashed
+
+PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+
+
+class ObjectStoreStorage(Storage):
+    """A shelf in a bucket: create-if-absent is a conditional put (``If-None-Match: *``).
+
+    Uploads go straight to their final key (a partial upload is never visible), and are
+    aborted when the bytes do not hash to what was expected.
+    """
+
+    def __init__(self, fs: Any, root: str, url: str) -> None:
+        super().__init__(fs, root, url)
+        self.remote = True
+
+    def create(self, key: str, data: bytes) -> bool:
+        try:
+            self.fs.pipe_file(self.path(key), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def replace(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        self.fs.pipe_file(self.path(key), data)
+
+    def upload(self, source: str | os.PathLike[str], key_for: KeyFor, expected: str | None) -> str:
+        if expected is None:
+            return super().upload(source, key_for, expected)
+        changed = ChangedWhileReading(source)
+        return self._write_final(key_for(expected), file_chunks(source), expected, changed)[0]
+
+    def put_stream(self, chunks: Chunks, key_for: KeyFor) -> tuple[str, int]:
+        # Two passes, hashing first, so that the upload goes straight to its final key (and
+        # is skipped when those bytes are stored already).
+        digest, size = hash_chunks(chunks())
+        if self.exists(key_for(digest)):
+            return digest, size
+        changed = OSError("the bytes changed between the two passes over them")
+        return self._write_final(key_for(digest), chunks(), digest, changed)
+
+    def _write_final(
+        self, key: str, chunks: Iterable[Any], expected: str, changed: Exception
+    ) -> tuple[str, int]:
+        """Upload to the final key; complete it only if the bytes hash to ``expected`` (else
+        abort, so nothing becomes visible, and raise ``changed``)."""
+        f = self.fs.open(self.path(key), "wb")
+        try:
+            digest, size = write_hashed(chunks, f)
+            if digest != expected:
+                raise changed
+        except BaseException:
+            _discard(f)
+            raise
+        f.close()
+        return digest, size
+
+
+def _discard(f: Any) -> None:
+    """Abandon a half-written remote file so that nothing becomes visible."""
+    discard = getattr(f, "discard", None)
+    if discard is not None:
+        with contextlib.suppress(Exception):
+            discard()
+    with contextlib.suppress(Exception):
+        f.closed = True

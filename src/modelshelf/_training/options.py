@@ -1,0 +1,123 @@
+"""``CheckpointOptions``: the arguments every ``ShelfCheckpoint`` shares, checked once.
+
+The adapters take ``ShelfCheckpoint(name, **options)`` and forward the options here (as
+dvclive's callbacks forward to ``Live``); ``signature_with`` gives each adapter a full
+signature, so ``help()``, IDEs and LightningCLI still see every option with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import InvalidArgumentError
+from .._format.names import validate_alias, validate_name
+from .._format.records import clean_metadata
+
+MODES = ("auto", "min", "max")
+SAVES = ("improved", "all")
+
+
+@dataclasses.dataclass
+class CheckpointOptions:
+    """What a ``ShelfCheckpoint`` does; each field is a keyword argument of every adapter.
+
+    Attributes:
+        shelf: the Shelf or its URL (default: the default shelf).
+        monitor: the metric to improve; None saves every checked epoch.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (told from the metric's name).
+        min_delta: how much the monitored value must improve by.
+        save: ``"improved"`` (default with a monitor) or ``"all"`` (default without).
+        every_n_epochs: check every n-th epoch.
+        keep_last: keep only the newest n versions without aliases (and free their bytes).
+        aliases: more aliases to set on each saved version.
+        config: added to the run's recorded config.
+        metadata: added to each version's metadata.
+        save_weights_only: store the weights only (no training state: no resume).
+        resume: restore model, optimizer and epoch from ``latest`` at fit start.
+        background: write versions in a background thread.
+        run: a Run to record into (default: a run of its own).
+    """
+
+    shelf: Any = None
+    monitor: str | None = None
+    mode: str = "auto"
+    min_delta: float = 0.0
+    save: str | None = None
+    every_n_epochs: int = 1
+    keep_last: int | None = None
+    aliases: Any = ()
+    config: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    save_weights_only: bool = False
+    resume: bool = False
+    background: bool = True
+    run: Any = None
+
+    def __post_init__(self) -> None:
+        if self.monitor is not None and not isinstance(self.monitor, str):
+            raise InvalidArgumentError(f"monitor must be a metric name, not {self.monitor!r}.")
+        if self.mode not in MODES:
+            raise InvalidArgumentError(f"mode={self.mode!r}: use 'auto', 'min' or 'max'.")
+        if self.save is None:
+            self.save = "improved" if self.monitor else "all"
+        if self.save not in SAVES:
+            raise InvalidArgumentError(f"save={self.save!r}: use 'improved' or 'all'.")
+        if self.save == "improved" and self.monitor is None:
+            raise InvalidArgumentError("save='improved' needs monitor= (the metric to improve).")
+        if not isinstance(self.every_n_epochs, int) or self.every_n_epochs < 1:
+            raise InvalidArgumentError(
+                f"every_n_epochs must be an int >= 1, not {self.every_n_epochs!r}."
+            )
+        if self.keep_last is not None and (
+            not isinstance(self.keep_last, int) or self.keep_last < 1
+        ):
+            raise InvalidArgumentError(
+                f"keep_last must be None or an int >= 1, not {self.keep_last!r}."
+            )
+        if not isinstance(self.min_delta, (int, float)) or self.min_delta < 0:
+            raise InvalidArgumentError(
+                f"min_delta must be a number >= 0, not {self.min_delta!r}."
+            )
+        self.min_delta = float(self.min_delta)
+        self.aliases = [validate_alias(a) for a in self.aliases if a not in ("latest", "best")]
+        self.config = clean_metadata(self.config, "config")
+        self.metadata = clean_metadata(self.metadata)
+
+
+def make_options(options: dict[str, Any]) -> CheckpointOptions:
+    """``CheckpointOptions(**options)``, with a clear error for a misspelt option."""
+    known = {f.name for f in dataclasses.fields(CheckpointOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidArgumentError(
+            f"ShelfCheckpoint got unknown option(s) {', '.join(unknown)}; it takes "
+            f"{', '.join(sorted(known))}."
+        )
+    return CheckpointOptions(**options)
+
+
+def check_name(name: object) -> str:
+    return validate_name(name)
+
+
+def signature_with(init: Callable[..., Any], **extra: Any) -> inspect.Signature:
+    """``init``'s signature with ``**options`` spelt out: every CheckpointOptions field as a
+    keyword parameter with its default, then ``extra`` (an adapter's own options) likewise."""
+    own = [
+        p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_KEYWORD
+    ]
+    fields = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for f in dataclasses.fields(CheckpointOptions)
+    ]
+    extras = [
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+        for k, v in extra.items()
+        if k not in {p.name for p in own}
+    ]
+    return inspect.Signature([*own, *fields, *extras])

@@ -1,0 +1,94 @@
+"""Host-memory snapshots of torch training state, shared by the torch-based callbacks."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._errors import UnsafeLoadError
+from .._models.torch import torch_parts
+from .._models.torch_format import WEIGHTS
+from .engine import STATE_FILE, Parts
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors are detached copies in CPU memory (containers rebuilt)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        pairs = [(k, to_host(v)) for k, v in obj.items()]
+        try:
+            return type(obj)(pairs)  # OrderedDict, Lightning's AttributeDict, ...
+        except TypeError:
+            return dict(pairs)
+    if isinstance(obj, list):
+        return [to_host(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(to_host(v) for v in obj)
+    return obj
+
+
+def version_weights(version: Any) -> dict[str, torch.Tensor]:
+    """The state dict stored in a model version (tied names restored), on the CPU."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(version.path(WEIGHTS)))
+    for alias, canonical in version.metadata.get("model", {}).get("tied", {}).items():
+        state[alias] = state[canonical]
+    return state
+
+
+def model_parts(
+    model: torch.nn.Module,
+    state: dict[str, Any] | None,
+    framework: str,
+    init_args: dict[str, Any] | None = None,
+) -> Parts:
+    """Weights (as safetensors) and, when ``state`` is given, the training state (torch.save).
+
+    The training state is stored without its copy of the weights (``state_dict``): those are
+    in the safetensors file already, and resuming reads them from there.
+    """
+    blobs, info = torch_parts(model, init_args, to_host=True)
+    info["framework"] = framework
+    files: dict[str, Callable[[Path], None]] = {}
+    if state is not None:
+        snapshot = to_host({k: v for k, v in state.items() if k != "state_dict"})
+
+        def write_state(path: Path) -> None:
+            torch.save(snapshot, path)
+
+        files[STATE_FILE] = write_state
+    return Parts(blobs=dict(blobs), info=info, files=files)
+
+
+def load_state(path: Path, allow_pickle: bool, ref: str) -> dict[str, Any]:
+    """Load a training state with ``weights_only=True``; unpickle fully only if allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+    except pickle.UnpicklingError as exc:
+        if not allow_pickle:
+            raise UnsafeLoadError(
+                f"Resuming from {ref} needs to unpickle objects that weights_only loading refuses "
+                f"({str(exc).splitlines()[0][:200]}). If you trust who saved it, pass "
+                "allow_pickle=True to ShelfCheckpoint.",
+                path=os.fspath(path),
+            ) from None
+        return torch.load(path, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
+
+
+def load_resume(version: Any, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and the training state to resume from ``version`` (what the torch-based
+    adapters restore; each puts them where its framework keeps them)."""
+    state = load_state(version.path(STATE_FILE), allow_pickle, version.ref)
+    return version_weights(version), state
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return {"class": type(optimizer).__name__, "param_groups": groups}
