@@ -113,5 +113,4 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         self.engine.end()
 
 
-
 ShelfCheckpoint.__init__.__signature__ = signature_with(ShelfCheckpoint.__init__)  # type: ignore[attr-defined]

@@ -79,9 +79,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
 
     def __init__(self, name: str, *, allow_pickle: bool = False, **options: Any) -> None:
         super().__init__()
-        self.engine = CheckpointEngine(
-            name, make_options(options), auto_mode=_lightning_mode
-        )
+        self.engine = CheckpointEngine(name, make_options(options), auto_mode=_lightning_mode)
         self.allow_pickle = allow_pickle
         self._last_step = -1
 

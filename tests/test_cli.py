@@ -1,9 +1,15 @@
-"""The modelshelf command, through real subprocesses: tables, --json, exit codes, errors."""
+"""The modelshelf command: tables, --json, exit codes, errors.
+
+Commands run in-process (``cli``), through the same ``run`` the console script calls; the
+installed ``modelshelf`` executable itself is run as a real subprocess where that is the point
+(the entry point, ``--debug`` tracebacks, usage errors).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,21 +18,31 @@ from pathlib import Path
 import pytest
 
 import modelshelf as ms
+from modelshelf.cli.commands import run
 
 EXE = shutil.which("modelshelf", path=str(Path(sys.executable).parent)) or "modelshelf"
 
 
 def cli(*args: str, shelf: Path | str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [EXE, "--shelf", str(shelf), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
+    """``modelshelf --shelf SHELF ARGS...`` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["--shelf", str(shelf), *args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(argv)
+    proc = subprocess.CompletedProcess(["modelshelf", *argv], code, out.getvalue(), err.getvalue())
     if check is not None:
         assert proc.returncode == check, (args, proc.returncode, proc.stdout, proc.stderr)
     return proc
+
+
+def test_the_installed_command_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [EXE, "--shelf", str(tmp_path / "empty"), "ls", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and json.loads(proc.stdout) == [], proc.stderr
+    usage = subprocess.run([EXE, "frobnicate"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "frobnicate" in usage.stderr
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import os, sys, time
 import modelshelf as ms
 url, worker, start, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 shelf = ms.Shelf(url)
+open(f"{start}.ready-{worker}", "w").close()
 while not os.path.exists(start):
     time.sleep(0.005)
 got = []
@@ -46,6 +47,17 @@ def _start_all(procs_args: list[list[str]]) -> list[subprocess.Popen[str]]:
     ]
 
 
+def _release(start: Path, procs: list[subprocess.Popen[str]]) -> None:
+    """Touch the start line once every process has written its ready-file (imports done)."""
+    deadline = time.monotonic() + 120
+    while len(list(start.parent.glob(f"{start.name}.ready-*"))) < len(procs):
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead, dead[0].communicate()[1]
+        assert time.monotonic() < deadline, "the processes did not get ready in 120 s"
+        time.sleep(0.01)
+    start.touch()
+
+
 def _finish(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[str]:
     outs = []
     for p in procs:
@@ -63,8 +75,7 @@ def test_six_writers_get_distinct_consecutive_versions(
     procs = _start_all(
         [[WRITER, process_shelf_url, str(w), str(start), str(tmp_path)] for w in range(6)]
     )
-    time.sleep(2)  # let every interpreter import and wait at the start line
-    start.touch()
+    _release(start, procs)
     outs = _finish(procs)
 
     claimed = sorted(int(v) for out in outs for v in out.split())
@@ -83,6 +94,7 @@ import os, sys, time
 import modelshelf as ms
 url, version, start = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 v = ms.Shelf(url).get(f"model:v{version}")
+open(f"{start}.ready-{version}", "w").close()
 while not os.path.exists(start):
     time.sleep(0.005)
 for _ in range(10):
@@ -98,8 +110,7 @@ def test_four_processes_moving_one_alias(process_shelf_url: str, tmp_path: Path)
         shelf.log_artifact(tmp_path / "m.bin", name="model", type="model")
     start = tmp_path / "go"
     procs = _start_all([[MOVER, process_shelf_url, str(i), str(start)] for i in range(4)])
-    time.sleep(2)
-    start.touch()
+    _release(start, procs)
     _finish(procs)
 
     final = shelf.get("model:production").version

@@ -185,8 +185,7 @@ def test_sigkilled_run_is_crashed(shelf_url: str) -> None:
 
 
 def test_run_on_another_host_is_crashed_once_its_heartbeat_is_stale(shelf: ms.Shelf) -> None:
-    from modelshelf._format.records import isoformat, now
-    from modelshelf._format.records import dumps, loads
+    from modelshelf._format.records import dumps, isoformat, loads, now
 
     with shelf.run() as run:
         pass

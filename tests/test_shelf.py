@@ -188,8 +188,8 @@ def test_corrupted_cache_is_refetched(shelf: ms.Shelf, files: Path) -> None:
 
 def test_hostile_manifest_paths_are_refused(shelf: ms.Shelf, files: Path, tmp_path: Path) -> None:
     from modelshelf._format.layout import ArtifactKeys, manifest_key
-    from modelshelf._format.seqlog import SeqLog
     from modelshelf._format.manifest import Manifest
+    from modelshelf._format.seqlog import SeqLog
 
     good = shelf.log_artifact(files, name="m", type="model")
     entry = good.manifest.files["config.json"]

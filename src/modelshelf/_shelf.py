@@ -14,10 +14,12 @@ from ._core.gc import gc as run_gc
 from ._core.labels import AliasEvent
 from ._core.repository import Repository
 from ._core.version import ArtifactVersion
-from ._features import cleanup, diff as diffing, lineage as graph
+from ._features import cleanup
+from ._features import diff as diffing
+from ._features import lineage as graph
+from ._features.copy import copy as copy_versions
 from ._features.diff import Diff
 from ._features.lineage import Lineage
-from ._features.copy import copy as copy_versions
 from ._features.runs import Run
 from ._format.names import LATEST, run_id_of, validate_alias, validate_name, validate_tag
 from ._format.records import clean_metadata
@@ -188,9 +190,7 @@ class Shelf:
         """The run with this id. Raises NotFoundError listing recent runs."""
         return Run.load(self._repo, run_id)
 
-    def lineage(
-        self, ref: str, *, direction: str = "both", depth: int | None = None
-    ) -> Lineage:
+    def lineage(self, ref: str, *, direction: str = "both", depth: int | None = None) -> Lineage:
         """The runs and versions upstream (what made it) and/or downstream (what used it)."""
         return graph.build(self._repo, ref, direction, depth)
 
@@ -246,5 +246,3 @@ class Shelf:
         """
         target = to if isinstance(to, Shelf) else Shelf(to)
         return copy_versions(self._repo, ref, target._repo, aliases=aliases)  # noqa: SLF001
-
-

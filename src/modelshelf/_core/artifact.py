@@ -179,4 +179,3 @@ def as_artifact(
     else:
         art.add_file(path)
     return art
-

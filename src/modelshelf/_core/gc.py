@@ -55,7 +55,7 @@ def _gc_over(storage: Storage, k: int, record: dict[str, Any]) -> bool:
 
 
 def settle_with_gc(
-    storage: Storage, seen: int, blobs: set[str], restore: Callable[[str], None]
+    storage: Storage, seen: int, blobs: set[str], restore: Callable[[str], object]
 ) -> None:
     """Return once no gc that started after ``seen`` can still remove one of ``blobs``."""
     log = SeqLog(storage, GC)

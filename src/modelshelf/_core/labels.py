@@ -11,7 +11,7 @@ import copy
 import datetime as _dt
 import json
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from .._errors import ConflictError, NotFoundError
 from .._format.layout import ArtifactKeys

@@ -51,7 +51,7 @@ def _mtime(info: dict[str, Any]) -> float | None:
 
 
 def _strip(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    return str(fs._strip_protocol(path))  # noqa: SLF001 - fsspec's path normaliser
+    return str(fs._strip_protocol(path))  # noqa: SLF001 - fsspec's own path normaliser
 
 
 def scan(uri: str, name: str | None, checksum: bool) -> dict[str, FileEntry]:

@@ -197,7 +197,11 @@ class Repository:
             return self.get(existing.ref)
         lease = uuid.uuid4().hex
         blobs = manifest.blob_hexes()
-        lease_record: LeaseRecord = {"at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs)}
+        lease_record: LeaseRecord = {
+            "at": isoformat(now()),
+            "by": writer_info(),
+            "blobs": sorted(blobs),
+        }
         self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
         try:
             settle_with_gc(self.storage, gc_seen, blobs, lambda h: by_hex[h].store(self))

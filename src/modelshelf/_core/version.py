@@ -32,9 +32,7 @@ class ArtifactVersion:
     at once and reflected on this object.
     """
 
-    def __init__(
-        self, repo: Repository, record: Record, state: Record, aliases: list[str]
-    ) -> None:
+    def __init__(self, repo: Repository, record: Record, state: Record, aliases: list[str]) -> None:
         self._repo = repo
         self._record = record
         self.name: str = record["name"]

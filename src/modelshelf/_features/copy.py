@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
+from .._core.download import cached_blob_from
+from .._core.sources import CopiedFile
 from .._errors import ConflictError
 from .._format.layout import RunKeys
 from .._format.names import LATEST
 from .._format.records import isoformat
 from .._storage import Storage
-from .._core.download import cached_blob_from
-from .._core.sources import CopiedFile
 
 if TYPE_CHECKING:
     from .._core.repository import Repository
@@ -32,7 +32,9 @@ def _copy_run(source: Storage, target: Storage, run_id: str) -> None:
             target.replace(key, data)
 
 
-def copy(source: Repository, ref: str, target: Repository, *, aliases: bool) -> list[ArtifactVersion]:
+def copy(
+    source: Repository, ref: str, target: Repository, *, aliases: bool
+) -> list[ArtifactVersion]:
     """Copy ``ref`` (one version, or every version of a name) from ``source`` to ``target``."""
     versions = [source.get(ref)] if ":" in ref else source.versions(ref)
     if source.url == target.url:

@@ -6,9 +6,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .runs import Run
-
 from .._errors import InvalidArgumentError
+from .runs import Run
 
 if TYPE_CHECKING:
     from .._core.repository import Repository

@@ -127,9 +127,7 @@ class Run:
     Start one with ``with shelf.run(...) as run:``; read one with ``shelf.get_run(id)``.
     """
 
-    def __init__(
-        self, repo: Repository, record: dict[str, Any], *, live: bool = False
-    ) -> None:
+    def __init__(self, repo: Repository, record: dict[str, Any], *, live: bool = False) -> None:
         self._repo = repo
         self._record = record
         self.id: str = record["id"]
@@ -269,9 +267,7 @@ class Run:
         with self._lock:
             if self._buffer:
                 rows = self._buffer
-                SeqLog(self._storage, self._keys.history).append(
-                    lambda _n, _h: {"rows": rows}
-                )
+                SeqLog(self._storage, self._keys.history).append(lambda _n, _h: {"rows": rows})
                 self._buffer = []
             summary = clean_metadata(
                 {k: v for k, v in self.summary.items() if not _nan(v)}, "summary"
@@ -290,7 +286,7 @@ class Run:
         finally:
             end: RunEnd = {"status": status, "ended_at": isoformat(now()), "error": error}
             self._storage.create(self._keys.end, dumps(end))
-            self._end = end
+            self._end = dict(end)
             self._live = False
 
     def __enter__(self) -> Run:
@@ -411,13 +407,15 @@ class Run:
         """``shelf.log_artifact(..., run=this run)``: the version becomes an output."""
         self._require_live("log an artifact")
         kwargs["run"] = self
-        return self.shelf.log_artifact(*args, **kwargs)
+        version: ArtifactVersion = self.shelf.log_artifact(*args, **kwargs)
+        return version
 
     def log_model(self, *args: Any, **kwargs: Any) -> ArtifactVersion:
         """``shelf.log_model(..., run=this run)``: the model version becomes an output."""
         self._require_live("log a model")
         kwargs["run"] = self
-        return self.shelf.log_model(*args, **kwargs)
+        version: ArtifactVersion = self.shelf.log_model(*args, **kwargs)
+        return version
 
     def _edges(self, kind: str) -> list[ArtifactVersion]:
         out = []

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._errors import IntegrityError, InvalidReferenceError
-
 
 MANIFEST_FORMAT = 1
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")

@@ -116,4 +116,3 @@ def run_id_of(run: Any) -> str | None:
     if not isinstance(run_id, str):
         raise InvalidReferenceError(f"run must be a Run or a run id string, not {run!r}.")
     return run_id
-

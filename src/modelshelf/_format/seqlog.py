@@ -15,7 +15,6 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 from .._errors import ConflictError
 from .._storage import Storage

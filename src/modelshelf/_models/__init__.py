@@ -60,7 +60,9 @@ def log_model(
         )  # fmt: skip
 
 
-def load_model(version: ArtifactVersion, *, model: Any, map_location: Any, allow_pickle: bool) -> Any:
+def load_model(
+    version: ArtifactVersion, *, model: Any, map_location: Any, allow_pickle: bool
+) -> Any:
     """The model ``version`` holds, ready for inference (see ``ms.load_model``)."""
     info = version.metadata.get("model")
     codec = codec_for_format(info.get("format") if isinstance(info, dict) else None)

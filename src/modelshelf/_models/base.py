@@ -158,5 +158,5 @@ def log_parts(
             name, recipe.get("why_not"),
         )  # fmt: skip
     meta = {**metadata, "model": clean_metadata(info, "model info")}
-    fields = {"description": None, "metadata": meta, "tags": []}
+    fields: dict[str, Any] = {"description": None, "metadata": meta, "tags": []}
     return repo.commit(name, "model", files, fields, aliases=aliases, run_id=run_id)

@@ -46,7 +46,9 @@ class FilesCodec(Codec):
         allow_pickle: bool,
     ) -> Any:
         files = sorted(version.files)
-        listing = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+        listing = ", ".join(files[:10]) + (
+            f" and {len(files) - 10} more" if len(files) > 10 else ""
+        )
         cannot = UnsupportedModelError(
             f"{version.ref} holds {listing}: files logged as they are, not a model modelshelf "
             f"can rebuild. Fetch them with ms.get({version.ref!r}).download() and load them "

@@ -65,7 +65,7 @@ class Storage:
         return f"{self.url}/{key}"
 
     def _strip(self, path: str) -> str:
-        return str(self.fs._strip_protocol(path))  # noqa: SLF001 - fsspec's path normaliser
+        return str(self.fs._strip_protocol(path))  # noqa: SLF001 - fsspec's own path normaliser
 
     def _relative(self, path: str) -> str | None:
         root = self._strip(self.root).rstrip("/")

@@ -68,9 +68,9 @@ class Decision:
 class Parts:
     """A snapshot ready to be written: the files of a version and what describes the model.
 
-    ``blobs`` are ready now (sources, ``_core.sources``); each of ``files`` is a function that writes a
-    file at the path it is given, called on the writer thread (e.g. serialising the training
-    state in the background).
+    ``blobs`` are ready now (sources, ``_core.sources``); each of ``files`` is a function that
+    writes a file at the path it is given, called on the writer thread (e.g. serialising the
+    training state in the background).
     """
 
     blobs: dict[str, Any]

@@ -78,9 +78,7 @@ class CheckpointOptions:
                 f"keep_last must be None or an int >= 1, not {self.keep_last!r}."
             )
         if not isinstance(self.min_delta, (int, float)) or self.min_delta < 0:
-            raise InvalidArgumentError(
-                f"min_delta must be a number >= 0, not {self.min_delta!r}."
-            )
+            raise InvalidArgumentError(f"min_delta must be a number >= 0, not {self.min_delta!r}.")
         self.min_delta = float(self.min_delta)
         self.aliases = [validate_alias(a) for a in self.aliases if a not in ("latest", "best")]
         self.config = clean_metadata(self.config, "config")
@@ -106,9 +104,7 @@ def check_name(name: object) -> str:
 def signature_with(init: Callable[..., Any], **extra: Any) -> inspect.Signature:
     """``init``'s signature with ``**options`` spelt out: every CheckpointOptions field as a
     keyword parameter with its default, then ``extra`` (an adapter's own options) likewise."""
-    own = [
-        p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_KEYWORD
-    ]
+    own = [p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_KEYWORD]
     fields = [
         inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type

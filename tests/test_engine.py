@@ -1,0 +1,184 @@
+"""The checkpoint engine's policy, without any framework: what each ShelfCheckpoint shares."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import modelshelf as ms
+from modelshelf._core.sources import StreamedFile
+from modelshelf._training.engine import STATE_FILE, CheckpointEngine, Parts, scalar_metrics
+from modelshelf._training.options import CheckpointOptions, make_options
+
+
+def snapshot(epoch: int, *, state: bool = True):  # type: ignore[no-untyped-def]
+    """The parts of one checkpoint: weights that differ per epoch, and a training state."""
+
+    def make() -> Parts:
+        files = {}
+        if state:
+            files[STATE_FILE] = lambda path: path.write_text(json.dumps({"epoch": epoch}))
+        weights = f"weights of epoch {epoch}".encode()
+        return Parts({"w.bin": StreamedFile(lambda: [weights])}, {"format": "files"}, files)
+
+    return make
+
+
+def train(engine: CheckpointEngine, values: list[float], *, start: int = 0) -> None:
+    """A fit: one check per epoch with ``values[i]`` as the monitored metric."""
+    engine.begin({"lr": 0.1}, is_writer=True)
+    try:
+        for epoch, value in enumerate(values, start=start):
+            if not engine.due(epoch):
+                continue
+            metrics = {"val_loss": value, "train_loss": 1.0}
+            decision = engine.check(metrics)
+            engine.commit(
+                decision, epoch=epoch, step=10 * (epoch + 1), metrics=metrics,
+                snapshot=snapshot(epoch),
+            )  # fmt: skip
+    finally:
+        engine.end()
+
+
+def engine(shelf: ms.Shelf, **options: object) -> CheckpointEngine:
+    return CheckpointEngine("net", make_options({"shelf": shelf, **options}))
+
+
+@pytest.fixture
+def shelf(tmp_path: Path) -> ms.Shelf:
+    return ms.Shelf(tmp_path / "shelf")
+
+
+def epochs(shelf: ms.Shelf) -> list[int]:
+    return [v.metadata["epoch"] for v in shelf.versions("net")]
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_improved_keeps_the_best_and_never_a_nan(shelf: ms.Shelf, background: bool) -> None:
+    train(engine(shelf, monitor="val_loss", background=background), [3.0, 2.0, math.nan, 2.5, 1.0])
+    assert epochs(shelf) == [0, 1, 4]
+    best = shelf.get("net:best")
+    assert best.metadata["epoch"] == 4 and best.aliases == ["best", "latest"]
+    assert [v.metadata["best_so_far"] for v in shelf.versions("net")] == [3.0, 2.0, 1.0]
+    assert best.metadata["metrics"] == {"val_loss": 1.0, "train_loss": 1.0}
+    assert best.logged_by() is not None and best.logged_by().status == "finished"  # type: ignore[union-attr]
+    assert best.logged_by().config == {"lr": 0.1}  # type: ignore[union-attr]
+
+
+def test_all_saves_every_check_and_moves_best_on_improvement(shelf: ms.Shelf) -> None:
+    train(engine(shelf, monitor="val_loss", save="all"), [3.0, 4.0, 2.0, math.nan])
+    assert epochs(shelf) == [0, 1, 2, 3]
+    assert shelf.get("net:best").metadata["epoch"] == 2
+    assert [v.metadata["improved"] for v in shelf.versions("net")] == [True, False, True, False]
+    assert shelf.get("net:v3").metadata["monitored_value"] is None  # NaN is not stored as JSON
+
+
+def test_min_delta_and_max_mode(shelf: ms.Shelf) -> None:
+    train(engine(shelf, monitor="val_loss", mode="max", min_delta=0.5), [1.0, 1.4, 1.6, 2.2])
+    assert epochs(shelf) == [0, 2, 3]
+
+
+def test_every_n_epochs_and_keep_last_frees_bytes(shelf: ms.Shelf) -> None:
+    train(engine(shelf, every_n_epochs=2, keep_last=2), [5.0] * 8)
+    assert epochs(shelf) == [5, 7]  # checks after epochs 1, 3, 5, 7; the two newest kept
+    blobs = shelf.repository.storage.find("blobs")
+    assert len(blobs) == 4  # weights + state of the two kept versions: the rest was freed
+
+
+def test_without_monitor_there_is_no_best(shelf: ms.Shelf) -> None:
+    train(engine(shelf), [1.0, 2.0])
+    assert epochs(shelf) == [0, 1]
+    with pytest.raises(ms.NotFoundError, match="no alias 'best'"):
+        shelf.get("net:best")
+
+
+def test_a_missing_monitor_lists_the_metrics(shelf: ms.Shelf) -> None:
+    e = engine(shelf, monitor="val_acc")
+    with pytest.raises(ms.NotFoundError, match="val_acc.*train_loss, val_loss"):
+        train(e, [1.0])
+    assert shelf.runs()[0].status == "finished"  # the callback's own run ended: no write failed
+
+
+def test_a_write_error_is_raised_from_the_fit_and_fails_the_run(shelf: ms.Shelf) -> None:
+    e = engine(shelf, monitor="val_loss")
+
+    def broken() -> Parts:
+        def fail(path: Path) -> None:
+            raise OSError("disk full")
+
+        return Parts({}, {"format": "files"}, {STATE_FILE: fail})
+
+    e.begin({}, is_writer=True)
+    decision = e.check({"val_loss": 1.0})
+    e.commit(decision, epoch=0, step=1, metrics={"val_loss": 1.0}, snapshot=broken)
+    with pytest.raises(OSError, match="disk full"):
+        e.end()
+    (run,) = shelf.runs()
+    assert run.status == "failed" and "disk full" in (run.error or "")
+
+
+def test_resume_restores_the_best_and_continues(shelf: ms.Shelf) -> None:
+    train(engine(shelf, monitor="val_loss"), [3.0, 2.0, 2.5])
+    again = engine(shelf, monitor="val_loss", resume=True)
+    version = again.resume_from()
+    assert version is not None and version.metadata["epoch"] == 1 and again.best == 2.0
+    assert json.loads(version.path(STATE_FILE).read_text()) == {"epoch": 1}
+    train(again, [2.2, 1.5], start=3)  # 2.2 is no better than the restored best
+    assert epochs(shelf) == [0, 1, 4]
+
+
+def test_resume_refuses_weights_only_versions_and_starts_fresh_on_a_new_name(
+    shelf: ms.Shelf,
+) -> None:
+    e = engine(shelf)
+    e.begin({}, is_writer=True)
+    decision = e.check({})
+    e.commit(decision, epoch=0, step=1, metrics={}, snapshot=snapshot(0, state=False))
+    e.end()
+    with pytest.raises(ms.ConflictError, match="save_weights_only=False"):
+        engine(shelf, resume=True).resume_from()
+    fresh = CheckpointEngine("other", make_options({"shelf": shelf, "resume": True}))
+    assert fresh.resume_from() is None
+
+
+def test_auto_mode_that_cannot_tell_asks_for_one(shelf: ms.Shelf) -> None:
+    e = engine(shelf, monitor="wobble")
+    with pytest.raises(ms.InvalidArgumentError, match="mode='min' or mode='max'"):
+        e.decide({"wobble": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"mode": "down"}, "mode='down'"),
+        ({"save": "best"}, "save='best'"),
+        ({"save": "improved"}, "needs monitor="),
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"keep_last": 0}, "keep_last"),
+        ({"min_delta": -1}, "min_delta"),
+        ({"monitr": "val_loss"}, "unknown option.*monitr.*monitor"),
+    ],
+)
+def test_options_are_checked_once_with_clear_errors(options: dict[str, object], match: str) -> None:
+    with pytest.raises(ms.InvalidArgumentError, match=match):
+        make_options(options)
+
+
+def test_options_defaults() -> None:
+    o = CheckpointOptions(monitor="val_loss")
+    assert (o.save, o.mode, o.every_n_epochs, o.keep_last, o.background) == (
+        "improved", "auto", 1, None, True,
+    )  # fmt: skip
+    assert CheckpointOptions().save == "all"
+    assert CheckpointOptions(aliases=["latest", "best", "candidate"]).aliases == ["candidate"]
+
+
+def test_scalar_metrics_keeps_single_numbers_only() -> None:
+    import numpy as np
+
+    values = {"a": 1, "b": np.float32(2.5), "c": np.array(3.0), "d": np.zeros(2), "e": "x"}
+    assert scalar_metrics({**values, "f": None}) == {"a": 1.0, "b": 2.5, "c": 3.0}
