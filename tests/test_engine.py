@@ -98,7 +98,7 @@ def test_without_monitor_there_is_no_best(shelf: ms.Shelf) -> None:
 
 def test_a_missing_monitor_lists_the_metrics(shelf: ms.Shelf) -> None:
     e = engine(shelf, monitor="val_acc")
-    with pytest.raises(ms.NotFoundError, match="val_acc.*train_loss, val_loss"):
+    with pytest.raises(ms.NotFoundError, match=r"val_acc.*train_loss, val_loss"):
         train(e, [1.0])
     assert shelf.runs()[0].status == "finished"  # the callback's own run ended: no write failed
 

@@ -324,3 +324,31 @@ def test_resume_that_needs_unpickling_asks_for_allow_pickle(tmp_path: Path) -> N
     trusted = ShelfCheckpoint("net", shelf=shelf, save="all", resume=True, allow_pickle=True)
     fit(WithObject(Tokenizer(5), SCORES), trusted, epochs=2)
     assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0, 1]  # went on at epoch 1
+
+
+@pytest.mark.slow
+def test_lightning_cli_takes_the_callback_and_its_options_from_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """The adapter forwards **options, and its signature spells them out for jsonargparse."""
+    pytest.importorskip("jsonargparse")
+    script = Path(__file__).parent / "lightning_cli.py"
+    proc = subprocess.run(
+        [
+            sys.executable, str(script), "fit", "--trainer.max_epochs=3",
+            "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks+=modelshelf.integrations.lightning.ShelfCheckpoint",
+            "--trainer.callbacks.name=cli-net", "--trainer.callbacks.monitor=val_loss",
+            "--trainer.callbacks.save=all", "--trainer.callbacks.keep_last=2",
+            f"--trainer.callbacks.shelf={tmp_path / 'shelf'}",
+        ],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    shelf = ms.Shelf(tmp_path / "shelf")
+    versions = shelf.versions("cli-net")
+    assert [v.metadata["epoch"] for v in versions] == [1, 2]  # save=all, keep_last=2
+    assert {v.metadata["monitor"] for v in versions} == {"val_loss"}
+    run = versions[0].logged_by()
+    assert run is not None and run.config["hparams"]["lr"] == 0.1

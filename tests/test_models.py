@@ -164,7 +164,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
     shelf = ms.Shelf(tmp_path / "shelf")
     with pytest.raises(ms.UnsupportedModelError, match=r"torch\.nn\.Module.*keras\.Model"):
         shelf.log_model(object(), "x")
-    with pytest.raises(ms.InvalidReferenceError, match=r"Unknown option.*export"):
+    with pytest.raises(ms.InvalidArgumentError, match=r"Unknown option.*export"):
         shelf.log_model(MLP(64, 8), "x", export=True)
     with pytest.raises(ms.InvalidMetadataError, match="init_args"):
         shelf.log_model(MLP(64, 8), "x", init_args={"d_in": object()})

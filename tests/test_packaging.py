@@ -65,3 +65,18 @@ def test_editable_install_maps_integrations_too() -> None:
     import modelshelf.integrations
 
     assert Path(modelshelf.integrations.__file__).parent == REPO / "integrations"
+
+
+def test_the_wheel_lists_every_package_of_the_source_tree() -> None:
+    """A subpackage missing from pyproject's list would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    src = REPO / "src" / "modelshelf"
+    found = {"modelshelf"} | {
+        "modelshelf." + ".".join(p.parent.relative_to(src).parts)
+        for p in src.rglob("__init__.py")
+        if p.parent != src
+    }
+    assert found | {"modelshelf.integrations"} == listed

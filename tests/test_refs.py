@@ -1,4 +1,4 @@
-"""Names, aliases and references: the rules of SPEC §2, table-driven."""
+"""Names, aliases and references: the rules of docs/api.md's "References", table-driven."""
 
 from __future__ import annotations
 

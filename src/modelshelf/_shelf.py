@@ -23,6 +23,7 @@ from ._features.lineage import Lineage
 from ._features.runs import Run
 from ._format.names import LATEST, run_id_of, validate_alias, validate_name, validate_tag
 from ._format.records import clean_metadata
+from ._models import load_model, log_model
 
 
 class Shelf:
@@ -114,8 +115,6 @@ class Shelf:
         ``nn.Module`` (a ``LightningModule`` uses its ``hparams``); ``export=True`` (fastai):
         also store fastai's pickled export of the whole Learner.
         """
-        from ._models import log_model
-
         return log_model(
             self._repo, model, name, aliases=aliases, metadata=metadata, config=config,
             run_id=run_id_of(run), options=options,
@@ -130,8 +129,6 @@ class Shelf:
         allow_pickle: bool = False,
     ) -> Any:
         """Return the model ``ref`` names, ready for inference (see ``ms.load_model``)."""
-        from ._models import load_model
-
         return load_model(
             self._repo.get(ref), model=model, map_location=map_location, allow_pickle=allow_pickle
         )

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from .._format.names import LATEST, validate_alias, validate_name
 from .._format.records import clean_metadata
-from .base import check_options, codec_for_format, codec_for_model, log_parts, model_name, register
+from .base import (
+    Loading,
+    check_options,
+    codec_for_format,
+    codec_for_model,
+    log_parts,
+    model_name,
+    register,
+)
 from .fastai import FastaiCodec
 from .files import FilesCodec
 from .keras import KerasCodec
@@ -69,6 +77,4 @@ def load_model(
     if codec is None:  # no model metadata: files logged with log_artifact
         codec, info = codec_for_format("files"), {"format": "files"}
     assert codec is not None and isinstance(info, dict)
-    return codec.load(
-        version, info, model=model, map_location=map_location, allow_pickle=allow_pickle
-    )
+    return codec.load(version, info, Loading(model, map_location, allow_pickle))

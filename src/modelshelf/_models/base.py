@@ -14,9 +14,9 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from .._errors import InvalidReferenceError, UnsupportedModelError
+from .._errors import InvalidArgumentError, InvalidReferenceError, UnsupportedModelError
 from .._format.manifest import FileEntry
 from .._format.names import validate_name
 from .._format.records import clean_metadata
@@ -44,6 +44,14 @@ def mro_has(model: Any, class_name: str, module_prefix: str) -> bool:
     )
 
 
+class Loading(NamedTuple):
+    """What ``load_model`` was asked for, handed to the codec."""
+
+    model: Any  # load the weights into this model instead of rebuilding one
+    map_location: Any  # the torch device for tensors
+    allow_pickle: bool  # whether unpickling (running code from a file) is allowed
+
+
 class Codec:
     """How one framework's models are stored and loaded again."""
 
@@ -69,15 +77,7 @@ class Codec:
         describes the model (``metadata["model"]``)."""
         raise NotImplementedError
 
-    def load(
-        self,
-        version: ArtifactVersion,
-        info: dict[str, Any],
-        *,
-        model: Any,
-        map_location: Any,
-        allow_pickle: bool,
-    ) -> Any:
+    def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
         """The model a version of this format holds, ready for inference."""
         raise NotImplementedError
 
@@ -119,7 +119,7 @@ def check_options(codec: Codec, options: dict[str, Any]) -> None:
     unknown = set(options) - codec.options
     if unknown:
         allowed = ", ".join(sorted(codec.options)) or "none"
-        raise InvalidReferenceError(
+        raise InvalidArgumentError(
             f"Unknown option(s) {', '.join(sorted(unknown))} for a {codec.format} model; "
             f"allowed: {allowed}."
         )

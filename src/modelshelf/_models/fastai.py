@@ -10,7 +10,7 @@ from .._core.sources import LocalFile
 from .._deps import require
 from .._errors import UnsupportedModelError
 from .._format.records import clean_metadata
-from .base import Codec, Files, mro_has
+from .base import Codec, Files, Loading, mro_has
 from .torch import load_torch, torch_parts
 
 if TYPE_CHECKING:
@@ -81,15 +81,8 @@ class FastaiCodec(Codec):
             info["learner_file"] = LEARNER_FILE
         return files, info
 
-    def load(
-        self,
-        version: ArtifactVersion,
-        info: dict[str, Any],
-        *,
-        model: Any,
-        map_location: Any,
-        allow_pickle: bool,
-    ) -> Any:
+    def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
+        model, map_location, allow_pickle = how
         if allow_pickle and model is None and info.get("learner_file"):
             require("fastai", "Loading a fastai Learner")
             from fastai.learner import load_learner

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .._core.artifact import as_artifact
 from .._deps import require
 from .._errors import UnsupportedModelError
-from .base import Codec, Files
+from .base import Codec, Files, Loading
 from .keras import load_keras
 from .pickles import pickle_kind, refuse
 
@@ -36,15 +36,8 @@ class FilesCodec(Codec):
         artifact = as_artifact(model, name, "model", repo.type_of)
         return artifact.entries(), {"format": "files"}
 
-    def load(
-        self,
-        version: ArtifactVersion,
-        info: dict[str, Any],
-        *,
-        model: Any,
-        map_location: Any,
-        allow_pickle: bool,
-    ) -> Any:
+    def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
+        model, map_location, allow_pickle = how
         files = sorted(version.files)
         listing = ", ".join(files[:10]) + (
             f" and {len(files) - 10} more" if len(files) > 10 else ""

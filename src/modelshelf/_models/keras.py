@@ -9,7 +9,7 @@ from .._core.sources import LocalFile
 from .._deps import require
 from .._errors import UnsupportedModelError
 from .._format.records import clean_metadata
-from .base import Codec, Files, mro_has
+from .base import Codec, Files, Loading, mro_has
 
 if TYPE_CHECKING:
     from .._core.repository import Repository
@@ -77,15 +77,8 @@ class KerasCodec(Codec):
     ) -> tuple[Files, dict[str, Any]]:
         return keras_parts(model, tmp)
 
-    def load(
-        self,
-        version: ArtifactVersion,
-        info: dict[str, Any],
-        *,
-        model: Any,
-        map_location: Any,
-        allow_pickle: bool,
-    ) -> Any:
+    def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
+        model, _, allow_pickle = how
         if info.get("weights_only") and model is None:
             raise UnsupportedModelError(
                 f"{version.ref} holds Keras weights only (saved with save_weights_only=True): "

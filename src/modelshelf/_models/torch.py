@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.sources import StreamedFile
 from .._deps import require
-from .base import Codec, Files, mro_has
+from .base import Codec, Files, Loading, mro_has
 
 if TYPE_CHECKING:
     from .._core.repository import Repository
@@ -69,13 +69,5 @@ class TorchCodec(Codec):
     ) -> tuple[Files, dict[str, Any]]:
         return torch_parts(model, options.get("init_args"))
 
-    def load(
-        self,
-        version: ArtifactVersion,
-        info: dict[str, Any],
-        *,
-        model: Any,
-        map_location: Any,
-        allow_pickle: bool,
-    ) -> Any:
-        return load_torch(version, info, model=model, map_location=map_location)
+    def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
+        return load_torch(version, info, model=how.model, map_location=how.map_location)

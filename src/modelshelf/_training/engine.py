@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._api import shelf as default_shelf
 from .._core.sources import LocalFile
 from .._errors import ConflictError, InvalidArgumentError, InvalidMetadataError, NotFoundError
-from .._format.names import validate_name
+from .._format.names import run_id_of, validate_name
 from .._format.records import clean_metadata
+from .._models import log_parts
+from .._shelf import Shelf
 from .options import CheckpointOptions
 from .writer import Writer
 
@@ -134,9 +137,6 @@ class CheckpointEngine:
     # -- the shelf and the run -----------------------------------------------------------
     @property
     def shelf(self) -> Any:
-        from .._api import shelf as default_shelf
-        from .._shelf import Shelf
-
         if isinstance(self._shelf_arg, Shelf):
             return self._shelf_arg
         self._shelf_arg = Shelf(self._shelf_arg) if self._shelf_arg is not None else default_shelf()
@@ -282,9 +282,6 @@ class CheckpointEngine:
             write()
 
     def _write(self, parts: Parts, meta: dict[str, Any], aliases: list[str]) -> Any:
-        from .._format.names import run_id_of
-        from .._models import log_parts
-
         with tempfile.TemporaryDirectory(prefix="modelshelf-ckpt-") as tmp:
             files = dict(parts.blobs)
             for file_name, write_file in parts.files.items():

@@ -20,8 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from .._errors import ModelshelfError
+from .. import cache
+from .._api import shelf as default_shelf
+from .._errors import IntegrityError, ModelshelfError
 from .._progress import human_size, listening
+from .._shelf import Shelf
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 
@@ -37,9 +40,6 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _shelf() -> Any:
-    from .._api import shelf as default_shelf
-    from .._shelf import Shelf
-
     return Shelf(state.shelf_url) if state.shelf_url else default_shelf()
 
 
@@ -319,7 +319,6 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check every stored byte against its digest; exit 1 if anything is wrong."""
-    from .._errors import IntegrityError
 
     shelf = _shelf()
     versions = (
@@ -440,7 +439,6 @@ def runs(
 @cache_app.command("info")
 def cache_info(as_json: JsonOpt = False) -> None:
     """Where the cache is and what it holds."""
-    from .. import cache
 
     info = cache.info()
     if as_json:
@@ -465,7 +463,6 @@ def cache_prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Free the least recently used cached files down to --max-bytes."""
-    from .. import cache
 
     report = cache.prune(_parse_size(max_bytes))
     if as_json:
