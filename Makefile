@@ -27,7 +27,7 @@ typecheck: install
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
 
 # The edit loop: everything but the tests marked slow (real training, subprocess crash tests).
 test-fast: install

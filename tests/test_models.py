@@ -56,6 +56,7 @@ def expected(model: torch.nn.Module) -> list[list[float]]:
         return model.eval()(x).tolist()  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_plain_module_rebuilt_from_init_args_in_a_fresh_process(tmp_path: Path) -> None:
     shelf = ms.Shelf(tmp_path / "shelf")
     model = MLP(64, 32)
@@ -73,6 +74,7 @@ def test_plain_module_rebuilt_from_init_args_in_a_fresh_process(tmp_path: Path) 
     assert got["out"] == expected(model)  # exactly: float32 on CPU
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_lightning_module_rebuilt_without_a_model(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     shelf = ms.Shelf(tmp_path / "shelf")
@@ -118,6 +120,7 @@ def test_tied_weights_stay_tied(tmp_path: Path) -> None:
     assert torch.equal(loaded(ids), model.eval()(ids))
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_logged_to_s3_loaded_in_another_process(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
