@@ -28,6 +28,7 @@ from .._format.layout import (
     lease_key,
     manifest_key,
     name_from_folders,
+    project_folder,
 )
 from .._format.manifest import HEX_RE, FileEntry, Manifest
 from .._format.names import LATEST, Ref, parse_ref, validate_name
@@ -135,7 +136,7 @@ class Repository:
         """Store a local file as a blob (skipped when its bytes are there); (hex, size)."""
         st = os.stat(path)
         cached = hashcache.lookup(path, st)
-        if cached is None and self.storage.remote:
+        if cached is None and self.storage.hash_before_upload:
             cached = hashcache.file_digest(path)  # hash first: skip uploads of known bytes
         if cached is not None and self.storage.exists(blob_key(cached)):
             return cached, st.st_size
@@ -350,7 +351,7 @@ class Repository:
         names = [
             name_from_folders(p, base)
             for p in projects
-            for base in self.storage.listdir(f"{ARTIFACTS}/{p}")
+            for base in self.storage.listdir(project_folder(p))
         ]
         if type is None:
             return sorted(names)

@@ -34,7 +34,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InvalidArgumentError, InvalidMetadataError, NotFoundError
+from .._errors import ConflictError, InvalidArgumentError, InvalidMetadataError, NotFoundError
 from .._format.layout import RUNS, RunKeys
 from .._format.names import validate_name
 from .._format.records import RunEnd, clean_metadata, dumps, isoformat, loads, now, parse_time
@@ -228,7 +228,7 @@ class Run:
 
     def _require_live(self, what: str) -> None:
         if not self._live:
-            raise InvalidMetadataError(
+            raise ConflictError(
                 f"Cannot {what}: run {self.id} is {self.status}; only the process that runs it "
                 "inside `with shelf.run(...)` can change it."
             )

@@ -78,6 +78,11 @@ def split_name(name: str) -> tuple[str, str]:
     return project or NO_PROJECT, base
 
 
+def project_folder(project_dir: str) -> str:
+    """The folder of one project's artifacts (``_`` for names without a project)."""
+    return f"{ARTIFACTS}/{project_dir}"
+
+
 def name_from_folders(project_dir: str, base: str) -> str:
     return base if project_dir == NO_PROJECT else f"{project_dir}/{base}"
 
@@ -91,7 +96,7 @@ class ArtifactKeys:
     @property
     def prefix(self) -> str:
         project, base = split_name(self.name)
-        return f"{ARTIFACTS}/{project}/{base}"
+        return f"{project_folder(project)}/{base}"
 
     @property
     def info(self) -> str:

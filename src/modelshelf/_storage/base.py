@@ -24,7 +24,7 @@ import datetime as _dt
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import fsspec
 
@@ -49,12 +49,14 @@ class Storage:
     that is moved into place.
     """
 
+    #: Whether hashing a local file before storing it beats sending its bytes again (a remote
+    #: store: known bytes are then not uploaded at all).
+    hash_before_upload: ClassVar[bool] = False
+
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.url = url
-        #: True where hashing a file before uploading it is cheaper than uploading it again.
-        self.remote = False
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, key: str) -> str:

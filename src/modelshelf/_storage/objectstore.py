@@ -20,9 +20,7 @@ class ObjectStoreStorage(Storage):
     aborted when the bytes do not hash to what was expected.
     """
 
-    def __init__(self, fs: Any, root: str, url: str) -> None:
-        super().__init__(fs, root, url)
-        self.remote = True
+    hash_before_upload = True
 
     def create(self, key: str, data: bytes) -> bool:
         try:
