@@ -12,6 +12,7 @@ import pytest
 
 import modelshelf as ms
 from conftest import blob_keys, make_url
+from modelshelf._format.layout import manifest_key
 
 
 def _hex(v: ms.ArtifactVersion, path: str) -> str:
@@ -107,6 +108,35 @@ repository.Repository._identical = paused
 v = ms.Shelf(url).log_artifact(path, name="inflight", type="model")
 print(v.ref, flush=True)
 """
+
+
+def test_a_missing_manifest_is_reported_and_gc_frees_no_blob(
+    shelf: ms.Shelf, tmp_path: Path
+) -> None:
+    folder = tmp_path / "f"
+    folder.mkdir()
+    _log(shelf, folder, {"a": "garbage"})
+    damaged = _log(shelf, folder, {"a": "kept", "b": "mine"})
+    shelf.delete("m:v0")
+    storage = shelf.repository.storage
+    storage.delete(manifest_key(damaged.manifest.sha256()))
+    fresh = ms.Shelf(shelf.url)  # this process read the manifest already: it is immutable
+    report = fresh.gc(grace_period=0)  # goes on: before, every later gc raised
+    assert report.damaged == ["m:v1"] and report.blobs == 0
+    assert "damaged version(s) (m:v1)" in str(report)
+    assert len(blob_keys(shelf)) == 3  # v0's garbage too: v1 might have needed any blob
+    with pytest.raises(ms.IntegrityError, match="is missing"):
+        fresh.get("m:v1").verify()
+
+
+def test_gc_leaves_young_temporary_files_of_writers_in_flight(
+    shelf: ms.Shelf, tmp_path: Path
+) -> None:
+    storage = shelf.repository.storage
+    _log(shelf, tmp_path, {"a": "x"})
+    storage.replace("tmp/in-flight", b"half of an upload")  # written a moment ago
+    assert shelf.gc(grace_period=0).temporary == 0
+    assert storage.exists("tmp/in-flight")
 
 
 @pytest.mark.slow

@@ -2,15 +2,17 @@
 
 gc and writers meet through two kinds of records (docs/format.md, "Leases and gc"):
 
-- a writer lists the blobs it is about to commit in ``leases/<uuid>.json`` *before* it looks
-  at the gc log, and removes the lease after committing;
+- a writer notes, before it looks at any blob, the first gc pass it must outlast (every pass
+  still running then, and every later one: ``gc_floor``); it lists the blobs and the manifest
+  it is about to commit in ``leases/<uuid>.json`` *before* it looks at the gc log again, and
+  removes the lease after committing;
 - gc appends ``gc/<k>.json`` *before* it reads the leases, beats ``gc/<k>.beat`` while it works
   and writes ``gc/<k>.done`` at the end.
 
-A writer that sees a gc record newer than the one it saw when it started waits for that gc
-to end, then checks that each of its blobs still exists and stores again any that is gone;
-a gc that starts later reads the writer's lease and keeps its blobs. Either way the version
-commits only when all its bytes are there.
+A writer waits for every pass from its floor that has started to end, then checks that each
+blob and the manifest it references still exists and stores again whatever is gone (whether
+it wrote those bytes or found them there); a pass that starts later reads the writer's lease
+and keeps them. Either way the version commits only when all its bytes are there.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._format.layout import BLOBS, GC, LEASES, MANIFESTS, ROOT_RECORD, TMP, GcKeys, blob_key
+from .._errors import IntegrityError
+from .._format.layout import BLOBS, GC, LEASES, MANIFESTS, ROOT_RECORD, TMP, GcKeys
 from .._format.layout import manifest_hex as manifest_hex_of
 from .._format.manifest import HEX_RE
 from .._format.records import GcRecord, isoformat, loads, now, parse_time, writer_info
@@ -42,8 +45,7 @@ LEASE_TTL_SECONDS = 24 * 3600.0
 DEFAULT_GRACE_SECONDS = 3600.0
 
 
-def gc_head(storage: Storage) -> int:
-    return SeqLog(storage, GC).head()[0]
+TMP_TTL_SECONDS = 24 * 3600.0  # a temporary file this old belongs to no writer in flight
 
 
 def _gc_over(storage: Storage, k: int, record: dict[str, Any]) -> bool:
@@ -54,25 +56,51 @@ def _gc_over(storage: Storage, k: int, record: dict[str, Any]) -> bool:
     return (now() - last).total_seconds() > GC_STALE_SECONDS  # that gc died
 
 
-def settle_with_gc(
-    storage: Storage, seen: int, blobs: set[str], restore: Callable[[str], object]
-) -> None:
-    """Return once no gc that started after ``seen`` can still remove one of ``blobs``."""
+def gc_floor(storage: Storage) -> int:
+    """The first gc pass a writer starting now must outlast.
+
+    That is every pass that starts from now on, and every pass still running now: a pass
+    running now listed the leases and the versions before this writer's lease and commit
+    exist, so it may free bytes the writer is about to reuse. Read it before looking at any
+    blob.
+    """
+    log = SeqLog(storage, GC)
+    head, record = log.head()
+    floor = head + 1
+    while floor > 0 and record is not None and not _gc_over(storage, floor - 1, record):
+        floor -= 1
+        record = log.get(floor - 1) if floor > 0 else None
+    return floor
+
+
+def settle_with_gc(storage: Storage, floor: int, ensure: Callable[[], object]) -> None:
+    """Return once no gc pass numbered ``floor`` or later can still free what the writer
+    references.
+
+    The writer's lease (its blobs and manifest) is on the shelf already, so a pass that starts
+    after this returns keeps them. Each pass from ``floor`` on that has started is waited for;
+    then ``ensure()`` checks that everything the commit references exists, storing again
+    whatever a pass freed; and again if another pass started meanwhile.
+    """
     log = SeqLog(storage, GC)
     while True:
-        head, record = log.head()
-        if head == seen or record is None:
+        head, _ = log.head()
+        if head < floor:
             return
-        waited = time.monotonic()
-        while not _gc_over(storage, head, record):
-            if time.monotonic() - waited > 30:
-                logger.warning("waiting for gc %d on %s to finish", head, storage.url)
-                waited = time.monotonic()
-            time.sleep(0.1)
-        for hexdigest in sorted(blobs):
-            if not storage.exists(blob_key(hexdigest)):
-                restore(hexdigest)
-        seen = head
+        for k in range(floor, head + 1):
+            _wait_over(storage, log, k)
+        ensure()
+        floor = head + 1
+
+
+def _wait_over(storage: Storage, log: SeqLog, k: int) -> None:
+    record = log.get(k)
+    waited = time.monotonic()
+    while record is not None and not _gc_over(storage, k, record):
+        if time.monotonic() - waited > 30:
+            logger.warning("waiting for gc %d on %s to finish", k, storage.url)
+            waited = time.monotonic()
+        time.sleep(0.05)
 
 
 @dataclass
@@ -87,6 +115,7 @@ class GcReport:
     kept_young: int = 0
     kept_leased: int = 0
     dry_run: bool = False
+    damaged: list[str] = field(default_factory=list)
     freed: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -96,25 +125,34 @@ class GcReport:
             f"{self.leases} stale lease(s), {self.temporary} temporary file(s); kept "
             f"{self.kept_young} unreferenced blob(s) younger than the grace period and "
             f"{self.kept_leased} held by writers in flight"
+            + (
+                f"; freed no blob: {len(self.damaged)} damaged version(s) "
+                f"({', '.join(self.damaged[:5])}) might need any of them"
+                if self.damaged
+                else ""
+            )
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "freed"}
 
 
-def _referenced(repo: Repository) -> tuple[set[str], set[str]]:
-    """Blobs and manifests that a live (not deleted) version needs."""
+def _referenced(repo: Repository, report: GcReport) -> tuple[set[str], set[str]]:
+    """Blobs and manifests that a live (not deleted) version needs; versions whose manifest
+    cannot be read go to ``report.damaged``."""
     blobs: set[str] = set()
-    manifests: set[str] = set()
+    manifests: dict[str, str] = {}
     for name in repo.artifacts():
         states = repo.labels.all_states(name)
         for n, record in repo.labels.versions_log(name).all():
-            if states.get(n, {}).get("deleted"):
-                continue
-            manifests.add(record["manifest"])
-    for hexdigest in manifests:
-        blobs |= repo.manifest(hexdigest).blob_hexes()
-    return blobs, manifests
+            if not states.get(n, {}).get("deleted"):
+                manifests.setdefault(str(record.get("manifest")), f"{name}:v{n}")
+    for hexdigest, ref in manifests.items():
+        try:
+            blobs |= repo.manifest(hexdigest).blob_hexes()
+        except IntegrityError:
+            report.damaged.append(ref)
+    return blobs, set(manifests)
 
 
 def gc(repo: Repository, *, dry_run: bool, grace_period: float) -> GcReport:
@@ -149,6 +187,7 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
     storage = repo.storage
     # Leases are read after the gc record is written: a writer that leased later sees it.
     leased: set[str] = set()
+    leased_manifests: set[str] = set()
     stale_leases = []
     lease_keys = [k for k in storage.find(LEASES) if k.endswith(".json")]
     for key, data in storage.read_many(lease_keys).items():
@@ -158,13 +197,16 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
             stale_leases.append(key)
         else:
             leased.update(lease.get("blobs", []))
-    referenced, manifests = _referenced(repo)
+            leased_manifests.update(lease.get("manifests", []))
+    referenced, manifests = _referenced(repo, report)
     cutoff = now() - _dt.timedelta(seconds=grace_period)
 
     victims = []
     for key, (size, mtime) in storage.find_detailed(BLOBS).items():
         hexdigest = key.rsplit("/", 1)[-1]
         if not HEX_RE.fullmatch(hexdigest) or hexdigest in referenced:
+            continue
+        if report.damaged:  # a version whose manifest is gone may need any blob: keep them all
             continue
         if hexdigest in leased:
             report.kept_leased += 1
@@ -177,12 +219,15 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
     old_manifests = []
     for key, (_size, mtime) in storage.find_detailed(MANIFESTS).items():
         hexdigest = manifest_hex_of(key)
-        if hexdigest not in manifests and (mtime is None or mtime <= cutoff):
+        if hexdigest in manifests or hexdigest in leased_manifests:
+            continue
+        if mtime is None or mtime <= cutoff:
             old_manifests.append(key)
+    tmp_cutoff = now() - _dt.timedelta(seconds=max(grace_period, TMP_TTL_SECONDS))
     temporary = [
         key
         for key, (_size, mtime) in storage.find_detailed(TMP).items()
-        if mtime is None or mtime <= cutoff
+        if mtime is not None and mtime <= tmp_cutoff
     ]
     report.manifests = len(old_manifests)
     report.leases = len(stale_leases)

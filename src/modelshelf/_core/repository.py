@@ -48,7 +48,7 @@ from .._format.records import (
 from .._format.seqlog import SeqLog
 from .._storage import ChangedWhileReading, open_storage
 from . import hashcache
-from .gc import gc_head, settle_with_gc
+from .gc import gc_floor, settle_with_gc
 from .labels import Labels, initial_state
 from .sources import Referenced, Source
 from .version import ArtifactVersion
@@ -172,7 +172,7 @@ class Repository:
         """
         self.info(create=True)
         self.claim_name(name, type)
-        gc_seen = gc_head(self.storage)  # before any blob is looked at: see gc
+        floor = gc_floor(self.storage)  # before any blob is looked at: see gc
         sources = {
             rel: Referenced(item) if isinstance(item, FileEntry) else item
             for rel, item in sorted(files.items())
@@ -198,16 +198,25 @@ class Repository:
             return self.get(existing.ref)
         lease = uuid.uuid4().hex
         blobs = manifest.blob_hexes()
+        manifest_bytes = manifest.to_bytes()
+        manifest_hex = manifest.sha256()
         lease_record: LeaseRecord = {
-            "at": isoformat(now()),
-            "by": writer_info(),
-            "blobs": sorted(blobs),
-        }
+            "at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs),
+            "manifests": [manifest_hex],
+        }  # fmt: skip
         self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
+
+        def ensure() -> None:
+            """Everything the commit references is there (stored again if gc took it)."""
+            for hexdigest in sorted(blobs):
+                if not self.storage.exists(blob_key(hexdigest)):
+                    by_hex[hexdigest].store(self)
+            if not self.storage.exists(manifest_key(manifest_hex)):
+                self.storage.create(manifest_key(manifest_hex), manifest_bytes)
+
         try:
-            settle_with_gc(self.storage, gc_seen, blobs, lambda h: by_hex[h].store(self))
-            manifest_hex = manifest.sha256()
-            self.storage.create(manifest_key(manifest_hex), manifest.to_bytes())
+            self.storage.create(manifest_key(manifest_hex), manifest_bytes)
+            settle_with_gc(self.storage, floor, ensure)
             record = {
                 "name": name,
                 "type": type,

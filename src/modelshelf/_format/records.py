@@ -87,11 +87,12 @@ class AliasRecord(TypedDict):
 
 
 class LeaseRecord(TypedDict):
-    """``leases/<uuid>.json``: the blobs a writer is about to commit."""
+    """``leases/<uuid>.json``: the blobs and manifest a writer is about to commit."""
 
     at: str
     by: WriterInfo
     blobs: list[str]
+    manifests: list[str]
 
 
 class GcRecord(TypedDict):

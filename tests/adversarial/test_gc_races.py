@@ -1,0 +1,116 @@
+"""gc racing writers, with real processes: no committed version ever loses a byte or a manifest.
+
+The writers re-log content whose versions were deleted (its blobs and manifests are garbage,
+old enough for any grace period), which is when a writer reuses what gc is about to free: each
+writer cycles through the same five files, deleting the version two behind the newest (what
+``keep_last=2`` does) after checking it. A gc process runs passes back to back, with
+``grace_period=0`` (what ``keep_last`` runs after each prune).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import modelshelf as ms
+from conftest import make_url
+
+WRITER = r"""
+import pathlib, sys
+import modelshelf as ms
+url, folder, worker, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+shelf = ms.Shelf(url)
+files = sorted(pathlib.Path(folder).glob("*.bin"))
+logged = []
+for r in range(rounds):
+    for path in files:
+        v = shelf.log_artifact(path, name=f"w{worker}", type="data")
+        print(v.ref, flush=True)
+        logged.append(v.ref)
+        if len(logged) > 2:  # what keep_last=2 does: the content becomes garbage, then returns
+            old = logged[-3]
+            try:
+                shelf.get(old).verify()
+            except ms.IntegrityError as exc:
+                print("DAMAGED", old, str(exc).replace(chr(10), " "), flush=True)
+            shelf.delete(old)
+"""
+
+COLLECTOR = r"""
+import os, sys
+import modelshelf as ms
+url, stop = sys.argv[1], sys.argv[2]
+shelf = ms.Shelf(url)
+passes = 0
+while not os.path.exists(stop) or passes < 3:
+    shelf.gc(grace_period=0)
+    passes += 1
+print(passes, flush=True)
+"""
+
+
+def _age(root: Path, seconds: float) -> None:
+    """Make every blob and manifest of a local shelf look ``seconds`` old."""
+    when = time.time() - seconds
+    for sub in ("blobs", "manifests"):
+        for path in (root / sub).rglob("*"):
+            if path.is_file():
+                os.utime(path, (when, when))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "writers", "rounds"), [("local", 3, 8), ("s3", 2, 1)])
+def test_gc_never_frees_what_a_writer_reuses(
+    backend: str, writers: int, rounds: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = make_url(backend, tmp_path, request)
+    shelf = ms.Shelf(url)
+    folder = tmp_path / "content"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.bin").write_bytes(os.urandom(2048) + bytes([i]))
+        shelf.log_artifact(folder / f"{i}.bin", name="old", type="data")
+    for v in shelf.versions("old"):
+        shelf.delete(v.ref)
+    if backend == "local":
+        _age(tmp_path / "shelf", 3 * 3600)  # garbage for any grace period
+    stop = tmp_path / "stop"
+    env = os.environ.copy()
+    collector = subprocess.Popen(
+        [sys.executable, "-c", COLLECTOR, url, str(stop)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, str(folder), str(w), str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for w in range(writers)
+    ]
+    lines = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        lines += out.splitlines()
+    stop.touch()
+    out, err = collector.communicate(timeout=600)
+    assert collector.returncode == 0, err
+    assert int(out) >= 3
+    damaged = [line for line in lines if line.startswith("DAMAGED")]
+    logged = [line for line in lines if not line.startswith("DAMAGED")]
+    assert len(logged) == writers * rounds * 5
+    for w in range(writers):  # the versions still live verify too
+        for v in shelf.versions(f"w{w}"):
+            try:
+                v.verify()
+            except ms.IntegrityError as exc:
+                damaged.append(f"DAMAGED {v.ref} {exc}")
+    assert damaged == [], f"{len(damaged)} of {len(logged)} versions damaged: {damaged[:3]}"
