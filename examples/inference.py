@@ -3,8 +3,9 @@
     python examples/inference.py [REF]      # default: digits-cnn:best (a quick start logs it)
 
 The alias is resolved once, and the model loaded from that exact version, so a promotion that
-happens meanwhile cannot mix two versions. Torch classes must be importable here (digits_nets);
-a Keras model needs no code at all.
+happens meanwhile cannot mix two versions. A torch model is rebuilt from its recorded class,
+which this script imports itself (digits_nets): load_model imports nothing a shelf names. A
+Keras model needs no code at all.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def main(ref: str) -> None:
         version = ms.get(ref)  # "name:alias" -> one immutable version
     except ms.NotFoundError as exc:
         sys.exit(f"{exc}\nLog a model first: python examples/lightning_quickstart.py")
-    model = ms.load_model(version.ref)  # pinned: "digits-cnn:v7", not the moving alias
     framework = version.metadata["model"]["format"]
+    if framework in ("torch", "fastai"):
+        import digits_nets  # noqa: F401 - the classes these versions were logged from
+    model = ms.load_model(version.ref)  # pinned: "digits-cnn:v7", not the moving alias
     x, y = load()["test"]
     labels = predict(model, framework, x)
     print(f"{ref} -> {version.ref} ({framework}, {version.metadata['model']['parameters']:,} "

@@ -19,7 +19,7 @@ print(v.ref, open(os.path.join(folder, "weights.bin"), "rb").read().hex(), v.met
 """
 
 
-@pytest.mark.slow  # a fresh interpreter imports torch
+@pytest.mark.slow  # a fresh interpreter
 def test_copy_local_to_s3_then_load_in_a_fresh_process(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -224,3 +224,15 @@ def test_a_pending_version_is_committed_when_fit_dies(tmp_path: Path) -> None:
     assert version.metadata["epoch"] == 0
     version.verify()
     assert version.logged_by().status == "crashed"  # type: ignore[union-attr]
+
+
+def test_a_lambda_layer_is_refused_without_allow_pickle(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))
+    shelf.log_model(model, "doubler")
+    with pytest.raises(ms.UnsafeLoadError, match=r"doubler:v0/model.keras.*allow_pickle=True"):
+        shelf.load_model("doubler")
+    loaded = shelf.load_model("doubler", allow_pickle=True)
+    out = loaded.predict(np.ones((1, 3), dtype="float32"), verbose=0)
+    assert out.tolist() == [[2.0, 2.0, 2.0]]

@@ -24,6 +24,7 @@ LOAD_TORCH = r"""
 import json, os, sys
 import torch
 import modelshelf as ms
+import zoo  # the user's code that defines the model classes, as their script imports it
 assert not os.path.exists(os.environ["MODELSHELF_CACHE"]), "the cache must start empty"
 model = ms.load_model(sys.argv[2], shelf=sys.argv[1])
 torch.manual_seed(0)

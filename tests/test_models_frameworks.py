@@ -56,8 +56,8 @@ FASTAI_LOAD = r"""
 import json, sys
 import torch
 import modelshelf as ms
+from zoo import digits  # the user's code, which defines the model's class
 model = ms.load_model("digits-fastai:best", shelf=sys.argv[1])
-from zoo import digits
 x, _ = digits(8)
 with torch.no_grad():
     print(json.dumps({"cls": type(model).__name__, "out": model(x).tolist()}))

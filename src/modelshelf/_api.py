@@ -63,6 +63,7 @@ def load_model(
     model: Any = None,
     map_location: Any = "cpu",
     allow_pickle: bool = False,
+    trust_recipe: bool = False,
 ) -> Any:
     """Return the model ``ref`` names, ready for inference, on any machine.
 
@@ -73,6 +74,9 @@ def load_model(
         map_location: the torch device to load tensors onto.
         allow_pickle: allow unpickling (a fastai export, a ``torch.save`` file). Only for
             files from someone you trust: unpickling can run arbitrary code.
+        trust_recipe: let the rebuild import the module its recorded class lives in. By
+            default only classes whose module your code has imported are rebuilt (and only
+            ``torch.nn.Module`` subclasses, ever): importing a module runs its code.
 
     Returns:
         A ``LightningModule`` / ``nn.Module`` in eval mode, a ``keras.Model``, or, for fastai,
@@ -83,7 +87,10 @@ def load_model(
         UnsupportedModelError: the version cannot be rebuilt; the message says what to do.
     """
     target = shelf if isinstance(shelf, Shelf) else (Shelf(shelf) if shelf else _shelf_default())
-    return target.load_model(ref, model=model, map_location=map_location, allow_pickle=allow_pickle)
+    return target.load_model(
+        ref, model=model, map_location=map_location, allow_pickle=allow_pickle,
+        trust_recipe=trust_recipe,
+    )  # fmt: skip
 
 
 _shelf_default = shelf

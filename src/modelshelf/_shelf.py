@@ -127,11 +127,13 @@ class Shelf:
         model: Any = None,
         map_location: Any = "cpu",
         allow_pickle: bool = False,
+        trust_recipe: bool = False,
     ) -> Any:
         """Return the model ``ref`` names, ready for inference (see ``ms.load_model``)."""
         return load_model(
-            self._repo.get(ref), model=model, map_location=map_location, allow_pickle=allow_pickle
-        )
+            self._repo.get(ref), model=model, map_location=map_location,
+            allow_pickle=allow_pickle, trust_recipe=trust_recipe,
+        )  # fmt: skip
 
     # -- reading -------------------------------------------------------------------------
     def get(self, ref: str) -> ArtifactVersion:

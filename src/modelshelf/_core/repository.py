@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Mapping
@@ -31,7 +33,7 @@ from .._format.layout import (
     project_folder,
 )
 from .._format.manifest import HEX_RE, FileEntry, Manifest
-from .._format.names import LATEST, Ref, parse_ref, validate_name
+from .._format.names import LATEST, Ref, is_run_id, parse_ref, validate_name
 from .._format.records import (
     ArtifactInfo,
     EdgeRecord,
@@ -43,6 +45,7 @@ from .._format.records import (
     isoformat,
     loads,
     now,
+    parse_time,
     writer_info,
 )
 from .._format.seqlog import SeqLog
@@ -54,6 +57,8 @@ from .sources import Referenced, Source
 from .version import ArtifactVersion
 
 logger = logging.getLogger("modelshelf")
+
+_SHELF_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 class Repository:
@@ -95,6 +100,16 @@ class Repository:
             if data is None:
                 return None
             info = loads(data, self.storage.describe(ROOT_RECORD))
+            if not (isinstance(info.get("id"), str) and _SHELF_ID_RE.fullmatch(info["id"])):
+                raise IntegrityError(
+                    f"The shelf record {self.storage.describe(ROOT_RECORD)} has a malformed id "
+                    f"{info.get('id')!r:.80} (32 hex digits expected); it names the shelf's "
+                    "folder in the download cache, so it is refused."
+                )
+            if not isinstance(info.get("format"), int):
+                raise IntegrityError(
+                    f"The shelf record {self.storage.describe(ROOT_RECORD)} has no format number."
+                )
             if int(info.get("format", 0)) > FORMAT_VERSION:
                 raise ConflictError(
                     f"The shelf {self.url!r} uses format {info['format']}, newer than this "
@@ -307,19 +322,18 @@ class Repository:
                 f"v{latest}; aliases: {', '.join(sorted({LATEST, *aliases}))}.",
                 ref=str(ref),
             )
-        if record.get("name") != parsed.name or record.get("version") != number:
-            raise IntegrityError(
-                f"The commit record of {parsed.name}:v{number} names "
-                f"{record.get('name')!r} v{record.get('version')!r}; the shelf was edited by hand "
-                "or tampered with.",
-                ref=str(ref),
-            )
-        return self._version(record, state, aliases, latest)
+        return self._version(parsed.name, number, record, state, aliases, latest)
 
     def _version(
-        self, record: Record, state: Record, aliases: dict[str, int], latest: int | None
+        self,
+        name: str,
+        n: int,
+        record: Record,
+        state: Record,
+        aliases: dict[str, int],
+        latest: int | None,
     ) -> ArtifactVersion:
-        n = int(record["version"])
+        _check_commit_record(name, n, record)
         names = [a for a, v in aliases.items() if v == n]
         if n == latest:
             names.append(LATEST)
@@ -345,10 +359,10 @@ class Repository:
             raise self._missing_artifact(Ref(name))
         aliases = self.labels.alias_map(name)
         states = self.labels.all_states(name)
-        live = [(rec, states.get(n, dict(initial_state(rec)))) for n, rec in records]
-        live = [(rec, st) for rec, st in live if not st.get("deleted")]
-        latest = int(live[-1][0]["version"]) if live else None
-        return [self._version(rec, st, aliases, latest) for rec, st in live]
+        live = [(n, rec, states.get(n, dict(initial_state(rec)))) for n, rec in records]
+        live = [(n, rec, st) for n, rec, st in live if not st.get("deleted")]
+        latest = live[-1][0] if live else None
+        return [self._version(name, n, rec, st, aliases, latest) for n, rec, st in live]
 
     def artifacts(self, type: str | None = None, project: str | None = None) -> list[str]:
         """Names of the artifacts on the shelf, sorted; optionally of one type or project."""
@@ -392,4 +406,45 @@ class Repository:
             data = self.storage.read(key)
         except FileNotFoundError:
             raise IntegrityError(f"The manifest {self.storage.describe(key)} is missing.") from None
+        if hashlib.sha256(data).hexdigest() != hexdigest:
+            raise IntegrityError(
+                f"The manifest {self.storage.describe(key)} does not match its digest: it was "
+                "changed after it was written."
+            )
         return Manifest.from_bytes(data, self.storage.describe(key))
+
+
+def _check_commit_record(name: str, n: int, record: Record) -> None:
+    """A commit record read from the shelf holds what its key says, in the shapes readers use:
+    its name, number, digests and run id name files and folders, so they are checked first."""
+    ref = f"{name}:v{n}"
+
+    def bad(what: str) -> IntegrityError:
+        return IntegrityError(
+            f"The commit record of {ref} {what}; the shelf was edited by hand or tampered with.",
+            ref=ref,
+        )
+
+    if record.get("name") != name or record.get("version") != n:
+        raise bad(f"names {record.get('name')!r:.80} v{record.get('version')!r:.20}")
+    digest = record.get("digest")
+    if not (
+        isinstance(digest, str) and digest.startswith("sha256:") and HEX_RE.fullmatch(digest[7:])
+    ):
+        raise bad(f"has a malformed content digest {digest!r:.80}")
+    if not (isinstance(record.get("manifest"), str) and HEX_RE.fullmatch(record["manifest"])):
+        raise bad(f"has a malformed manifest digest {record.get('manifest')!r:.80}")
+    if record.get("run_id") is not None and not is_run_id(record["run_id"]):
+        raise bad(f"names a malformed run id {record['run_id']!r:.80}")
+    size = record.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad(f"has a malformed size {size!r:.40}")
+    if not isinstance(record.get("type"), str) or not isinstance(record.get("created_at"), str):
+        raise bad("has no type or creation time")
+    try:
+        parse_time(record["created_at"])
+    except ValueError:
+        raise bad(f"has a malformed creation time {record['created_at']!r:.40}") from None
+    for key, kind in (("metadata", dict), ("tags", list)):
+        if not isinstance(record.get(key, kind()), kind):
+            raise bad(f"has {key} that are not a {kind.__name__}")

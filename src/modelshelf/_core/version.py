@@ -6,7 +6,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._errors import InvalidMetadataError, NotFoundError
+from .._errors import IntegrityError, InvalidMetadataError, NotFoundError
 from .._format.names import LATEST, run_id_of, validate_alias, validate_tag
 from .._format.records import Record, clean_metadata, parse_time
 from . import download as _download
@@ -77,7 +77,14 @@ class ArtifactVersion:
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
-            self._manifest = self._repo.manifest(self._record["manifest"])
+            manifest = self._repo.manifest(self._record["manifest"])
+            if manifest.digest() != self.digest:
+                raise IntegrityError(
+                    f"{self.ref}: its manifest does not hold the content its commit record names "
+                    f"({self.digest}); the shelf was edited by hand or tampered with.",
+                    ref=self.ref,
+                )
+            self._manifest = manifest
         return self._manifest
 
     @property

@@ -136,7 +136,8 @@ class ArtifactKeys:
 # -- runs --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunKeys:
-    """Every key of one run, under ``runs/<run id>/``."""
+    """Every key of one run, under ``runs/<run id>/`` (the id checked by the caller, with
+    ``names.is_run_id``; storage refuses any key that would leave the shelf regardless)."""
 
     run_id: str
 

@@ -51,6 +51,18 @@ def check_relpath(path: str, *, what: str = "file name") -> str:
     return path
 
 
+def _manifest_path(path: object, where: str) -> str:
+    """A path read from a manifest, refused unless it is a safe relative path."""
+    try:
+        return check_relpath(path)  # type: ignore[arg-type]
+    except InvalidReferenceError:
+        raise IntegrityError(
+            f"Refusing the manifest path {path!r} in {where}: a file inside a version is a "
+            "relative path with no '..' parts. The shelf may have been tampered with.",
+            files=[str(path)],
+        ) from None
+
+
 def safe_join(root: Path, relpath: str) -> Path:
     """Join a manifest path under ``root``, refusing any that would escape it."""
     try:
@@ -160,13 +172,15 @@ class Manifest:
                     f"modelshelf understands ({MANIFEST_FORMAT}). Upgrade modelshelf."
                 )
             files = {
-                str(p): FileEntry.from_json(e, f"The manifest {where}, file {p!r},")
+                _manifest_path(p, where): FileEntry.from_json(
+                    e, f"The manifest {where}, file {p!r},"
+                )
                 for p, e in body["files"].items()
             }
         except IntegrityError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise IntegrityError(f"The manifest {where} is malformed ({exc!r}).") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise IntegrityError(f"The manifest {where} is malformed ({exc!r:.200}).") from None
         return cls(files)
 
     def sha256(self) -> str:

@@ -108,6 +108,18 @@ def parse_ref(ref: object) -> Ref:
     return Ref(name, alias=selector)
 
 
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RUN_ID_RULE = (
+    "a run id starts with a letter or digit and has at most 128 of the characters A-Z a-z 0-9 . _ -"
+)
+
+
+def is_run_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed run id (generated ones look like
+    ``20261127-232700-3f9a1c``)."""
+    return isinstance(value, str) and _RUN_ID_RE.fullmatch(value) is not None
+
+
 def run_id_of(run: Any) -> str | None:
     """A run's id, from a Run or an id string (None for no run)."""
     if run is None:
@@ -115,4 +127,6 @@ def run_id_of(run: Any) -> str | None:
     run_id = getattr(run, "id", run)
     if not isinstance(run_id, str):
         raise InvalidReferenceError(f"run must be a Run or a run id string, not {run!r}.")
+    if not is_run_id(run_id):
+        raise InvalidReferenceError(f"Invalid run id {run_id!r}: {RUN_ID_RULE}.", value=run_id)
     return run_id

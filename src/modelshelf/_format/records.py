@@ -135,8 +135,10 @@ def loads(data: bytes, where: str) -> Record:
     """Decode a record read from ``where``; damage raises IntegrityError naming it."""
     try:
         value = json.loads(data)
-    except ValueError as exc:
-        raise IntegrityError(f"The shelf record {where} is not valid JSON ({exc}).") from None
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(
+            f"The shelf record {where} is not valid JSON ({type(exc).__name__}: {exc!s:.200})."
+        ) from None
     if not isinstance(value, dict):
         raise IntegrityError(f"The shelf record {where} is not a JSON object.")
     return value

@@ -69,7 +69,12 @@ def log_model(
 
 
 def load_model(
-    version: ArtifactVersion, *, model: Any, map_location: Any, allow_pickle: bool
+    version: ArtifactVersion,
+    *,
+    model: Any,
+    map_location: Any,
+    allow_pickle: bool,
+    trust_recipe: bool = False,
 ) -> Any:
     """The model ``version`` holds, ready for inference (see ``ms.load_model``)."""
     info = version.metadata.get("model")
@@ -77,4 +82,4 @@ def load_model(
     if codec is None:  # no model metadata: files logged with log_artifact
         codec, info = codec_for_format("files"), {"format": "files"}
     assert codec is not None and isinstance(info, dict)
-    return codec.load(version, info, Loading(model, map_location, allow_pickle))
+    return codec.load(version, info, Loading(model, map_location, allow_pickle, trust_recipe))

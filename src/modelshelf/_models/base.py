@@ -50,6 +50,7 @@ class Loading(NamedTuple):
     model: Any  # load the weights into this model instead of rebuilding one
     map_location: Any  # the torch device for tensors
     allow_pickle: bool  # whether unpickling (running code from a file) is allowed
+    trust_recipe: bool = False  # whether a recorded class's module may be imported
 
 
 class Codec:

@@ -82,14 +82,14 @@ class FastaiCodec(Codec):
         return files, info
 
     def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
-        model, map_location, allow_pickle = how
+        model, map_location, allow_pickle = how.model, how.map_location, how.allow_pickle
         if allow_pickle and model is None and info.get("learner_file"):
             require("fastai", "Loading a fastai Learner")
             from fastai.learner import load_learner
 
             return load_learner(version.path(info["learner_file"]), cpu=str(map_location) == "cpu")
         try:
-            return load_torch(version, info, model=model, map_location=map_location)
+            return load_torch(version, info, how)
         except UnsupportedModelError as exc:
             if info.get("learner_file"):
                 raise UnsupportedModelError(

@@ -37,7 +37,7 @@ class FilesCodec(Codec):
         return artifact.entries(), {"format": "files"}
 
     def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
-        model, map_location, allow_pickle = how
+        model, map_location, allow_pickle = how.model, how.map_location, how.allow_pickle
         files = sorted(version.files)
         listing = ", ".join(files[:10]) + (
             f" and {len(files) - 10} more" if len(files) > 10 else ""
@@ -57,26 +57,23 @@ class FilesCodec(Codec):
                 raise refuse(path, f"{version.ref}/{only}", kind)
             return _load_pickled(path, model, map_location)
         if only.endswith(".keras"):
-            return load_keras(path, model, allow_pickle)
+            return load_keras(path, model, allow_pickle, f"{version.ref}/{only}")
         if only.endswith(".safetensors") and model is not None:
             require("torch", "Loading safetensors weights")
             from . import torch_format as tf
 
-            return tf.load_weights(path, {}, model, map_location, version.ref)
+            return tf.load_weights(
+                path, {}, model, map_location, version.ref, allow_pickle=allow_pickle
+            )
         raise cannot
 
 
 def _load_pickled(path: Path, model: Any, map_location: Any) -> Any:
     """A ``torch.save`` file, trusted by the caller (``allow_pickle=True``)."""
     require("torch", "Loading a pickled PyTorch file")
-    import pickle
+    from .torch_format import load_trusted_pickle
 
-    import torch
-
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+    obj = load_trusted_pickle(path, map_location)
     if model is not None and isinstance(obj, dict):
         model.load_state_dict(obj, strict=True)
         return model.eval()

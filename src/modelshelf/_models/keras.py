@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.sources import LocalFile
 from .._deps import require
-from .._errors import UnsupportedModelError
+from .._errors import UnsafeLoadError, UnsupportedModelError
 from .._format.records import clean_metadata
 from .base import Codec, Files, Loading, mro_has
 
@@ -54,14 +54,24 @@ def keras_weights_parts(model: Any, tmp: Path) -> tuple[dict[str, LocalFile], di
     return {WEIGHTS_FILE: LocalFile(tmp / WEIGHTS_FILE)}, info
 
 
-def load_keras(path: Path, model: Any, allow_pickle: bool) -> Any:
+def load_keras(path: Path, model: Any, allow_pickle: bool, shown_as: str) -> Any:
     """Weights into ``model``, or the whole model from a ``.keras`` archive."""
     keras = require("keras", "Loading a Keras model")
     if model is not None:
         model.load_weights(path)
         return model
     # safe_mode refuses to deserialize Python code (Lambda layers): the same trust question.
-    return keras.saving.load_model(path, safe_mode=not allow_pickle)
+    try:
+        return keras.saving.load_model(path, safe_mode=not allow_pickle)
+    except ValueError as exc:
+        if allow_pickle or "safe_mode" not in str(exc):
+            raise
+        raise UnsafeLoadError(
+            f"Refusing to load {shown_as!r}: the Keras archive holds Python code (a Lambda "
+            "layer or a custom function), and deserializing it can run arbitrary code. Load it "
+            "only if you trust who logged it, with load_model(..., allow_pickle=True).",
+            path=str(path),
+        ) from None
 
 
 class KerasCodec(Codec):
@@ -78,10 +88,11 @@ class KerasCodec(Codec):
         return keras_parts(model, tmp)
 
     def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
-        model, _, allow_pickle = how
+        model, allow_pickle = how.model, how.allow_pickle
         if info.get("weights_only") and model is None:
             raise UnsupportedModelError(
                 f"{version.ref} holds Keras weights only (saved with save_weights_only=True): "
                 f"build the model and pass it, load_model({version.ref!r}, model=model)."
             )
-        return load_keras(version.path(info["file"]), model, allow_pickle)
+        path = version.path(info["file"])
+        return load_keras(path, model, allow_pickle, f"{version.ref}/{info['file']}")

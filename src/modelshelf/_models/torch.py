@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.sources import StreamedFile
 from .._deps import require
+from .._errors import UnsupportedModelError
 from .base import Codec, Files, Loading, mro_has
 
 if TYPE_CHECKING:
@@ -38,18 +39,26 @@ def torch_parts(
     return {tf.WEIGHTS: StreamedFile(lambda: tf.safetensors_stream(tensors))}, info
 
 
-def load_torch(
-    version: ArtifactVersion, info: dict[str, Any], *, model: Any, map_location: Any
-) -> Any:
+def load_torch(version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
     """Weights into ``model``, or the model rebuilt from its recipe (UnsupportedModelError
     saying what to pass when it cannot be)."""
     require("torch", "Loading a PyTorch model")
     from . import torch_format as tf
 
     weights, tied = version.path(info["weights"]), info.get("tied", {})
-    if model is not None:
-        return tf.load_weights(weights, tied, model, map_location, version.ref)
-    return tf.rebuild_and_load(info["recipe"], weights, tied, map_location, version.ref)
+    if how.model is not None:
+        return tf.load_weights(
+            weights, tied, how.model, how.map_location, version.ref, allow_pickle=how.allow_pickle
+        )
+    recipe = info.get("recipe")
+    if not isinstance(recipe, dict):
+        raise UnsupportedModelError(
+            f"{version.ref} records no rebuild recipe; pass model=MyModel(...) to load into."
+        )
+    return tf.rebuild_and_load(
+        recipe, weights, tied, how.map_location, version.ref,
+        trust_recipe=how.trust_recipe, allow_pickle=how.allow_pickle,
+    )  # fmt: skip
 
 
 class TorchCodec(Codec):
@@ -70,4 +79,4 @@ class TorchCodec(Codec):
         return torch_parts(model, options.get("init_args"))
 
     def load(self, version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:
-        return load_torch(version, info, model=how.model, map_location=how.map_location)
+        return load_torch(version, info, how)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import pickle
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,14 @@ from typing import Any
 import torch
 
 from .._config import CHUNK_SIZE
-from .._errors import InvalidMetadataError, UnsupportedModelError
+from .._errors import (
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidMetadataError,
+    UnsupportedModelError,
+)
 from .._format.records import clean_metadata
+from .pickles import pickle_kind, refuse
 
 WEIGHTS = "model.safetensors"
 
@@ -141,7 +150,52 @@ def describe(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[s
     return info
 
 
-def rebuild(rec: dict[str, Any], ref: str, *, meta: bool = False) -> torch.nn.Module:
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def recorded_class(rec: dict[str, Any], ref: str, *, trust_recipe: bool) -> type[torch.nn.Module]:
+    """The ``torch.nn.Module`` subclass a recipe names, found without trusting the shelf.
+
+    A recipe is data from the shelf, which may be someone else's: nothing it names is imported
+    unless ``trust_recipe`` (the module must be imported already, by the caller's own code),
+    and nothing but a ``torch.nn.Module`` subclass is ever called.
+    """
+    path = rec.get("class")
+    module_name, _, qualname = path.partition(":") if isinstance(path, str) else ("", "", "")
+    parts = qualname.split(".")
+    if not all(_IDENTIFIER.fullmatch(p) for p in [*module_name.split("."), *parts]):
+        raise UnsupportedModelError(
+            f"{ref} records a malformed class {path!r}; pass model=MyModel(...) to load into."
+        )
+    module = sys.modules.get(module_name)
+    if module is None and trust_recipe:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnsupportedModelError(
+                f"{ref} was logged from {path!r}, whose module cannot be imported here ({exc}). "
+                "Pass model=MyModel(...) to load into."
+            ) from None
+    if module is None:
+        raise UnsupportedModelError(
+            f"{ref} was logged from {path!r}. modelshelf imports no module that a shelf names: "
+            f"import {module_name} first (your own code that defines the class), pass "
+            "trust_recipe=True if you trust who logged it, or pass model=MyModel(...)."
+        )
+    obj: Any = module
+    for part in parts:
+        obj = getattr(obj, part, None)
+    if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+        raise UnsupportedModelError(
+            f"{ref} records {path!r} as its class, which is not a torch.nn.Module subclass "
+            "here; modelshelf calls nothing else. Pass model=MyModel(...) to load into."
+        )
+    return obj
+
+
+def rebuild(
+    rec: dict[str, Any], ref: str, *, trust_recipe: bool = False, meta: bool = False
+) -> torch.nn.Module:
     """Construct the recorded class with its recorded init arguments.
 
     With ``meta=True`` the parameters are created on the meta device: no memory, no random
@@ -149,27 +203,23 @@ def rebuild(rec: dict[str, Any], ref: str, *, meta: bool = False) -> torch.nn.Mo
     """
     if meta:
         with torch.device("meta"):
-            return rebuild(rec, ref)
-    if rec.get("init_args") is None:
+            return rebuild(rec, ref, trust_recipe=trust_recipe)
+    init_args = rec.get("init_args")
+    if init_args is None:
         raise UnsupportedModelError(
             f"{ref} cannot be rebuilt: {rec.get('why_not') or 'no init arguments were recorded'}. "
             f"Pass a model to load into: load_model({ref!r}, model=MyModel(...))."
         )
-    module_name, _, qualname = rec["class"].partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    if not isinstance(init_args, dict):
         raise UnsupportedModelError(
-            f"{ref} was logged from the class {rec['class']!r}, which cannot be imported here "
-            f"({exc}). Import the code that defines it, or pass model=MyModel(...)."
-        ) from None
+            f"{ref} records init arguments that are not a mapping; pass model=MyModel(...)."
+        )
+    cls = recorded_class(rec, ref, trust_recipe=trust_recipe)
     try:
-        return obj(**rec["init_args"])  # type: ignore[no-any-return]
+        return cls(**init_args)
     except TypeError as exc:
         raise UnsupportedModelError(
-            f"{ref}: {rec['class']}(**{rec['init_args']!r}) failed ({exc}). Pass model=... instead."
+            f"{ref}: {rec['class']}(**{init_args!r}) failed ({exc}). Pass model=... instead."
         ) from None
 
 
@@ -178,22 +228,66 @@ def _on_meta(model: torch.nn.Module) -> bool:
     return any(t.is_meta for t in tensors)
 
 
+def load_trusted_pickle(path: Path, map_location: Any) -> Any:
+    """``torch.load`` a file the caller trusts (``allow_pickle=True``): ``weights_only``
+    first, fully only if that refuses an object."""
+    # A file object, not the path: torch.load hands a "*.safetensors" path to safetensors.
+    with open(path, "rb") as f:
+        try:
+            return torch.load(f, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            f.seek(0)
+            return torch.load(f, map_location=map_location, weights_only=False)
+
+
+def read_state(path: Path, device: str | int, ref: str, *, allow_pickle: bool) -> dict[str, Any]:
+    """The tensors of a weights file: safetensors, or (only with ``allow_pickle``) a pickle.
+
+    A file is told by its bytes, not its name: a "model.safetensors" that is a pickle is
+    refused with UnsafeLoadError, and one that is neither is damage (IntegrityError).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    shown = f"{ref}/{path.name}"
+    kind = pickle_kind(path)
+    if kind is not None:
+        if not allow_pickle:
+            raise refuse(path, shown, kind)
+        state = load_trusted_pickle(path, torch.device(device))
+        if not isinstance(state, dict):
+            raise UnsupportedModelError(f"{shown} holds a {type(state).__name__}, not weights.")
+        return state
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise IntegrityError(
+            f"{shown} is not a readable safetensors file ({exc}); the shelf may be damaged.",
+            ref=ref,
+            files=[path.name],
+        ) from None
+
+
 def load_weights(
-    path: Path, aliases: dict[str, str], model: torch.nn.Module, map_location: Any, ref: str
+    path: Path,
+    aliases: dict[str, str],
+    model: torch.nn.Module,
+    map_location: Any,
+    ref: str,
+    *,
+    allow_pickle: bool = False,
 ) -> torch.nn.Module:
-    """Load the safetensors at ``path`` into ``model`` (strictly); return it in eval mode.
+    """Load the weights at ``path`` into ``model`` (strictly); return it in eval mode.
 
     A model built on the meta device takes the loaded tensors as its own (no copy), and its
     tied weights are tied again.
     """
-    from safetensors.torch import load_file
-
     device = str(map_location) if isinstance(map_location, torch.device) else map_location
     if not isinstance(device, (str, int)):
-        raise InvalidMetadataError(
+        raise InvalidArgumentError(
             f"map_location={map_location!r}: give a device such as 'cpu', 'cuda:0' or torch.device."
         )
-    state = load_file(str(path), device=device)
+    state = read_state(path, device, ref, allow_pickle=allow_pickle)
     for alias, canonical in aliases.items():
         state[alias] = state[canonical]
     assign = _on_meta(model)
@@ -219,9 +313,19 @@ class _StillOnMeta(Exception):
 
 
 def rebuild_and_load(
-    rec: dict[str, Any], path: Path, aliases: dict[str, str], map_location: Any, ref: str
+    rec: dict[str, Any],
+    path: Path,
+    aliases: dict[str, str],
+    map_location: Any,
+    ref: str,
+    *,
+    trust_recipe: bool = False,
+    allow_pickle: bool = False,
 ) -> torch.nn.Module:
+    """The recorded model rebuilt (on the meta device when it can be) with the weights."""
     try:
-        return load_weights(path, aliases, rebuild(rec, ref, meta=True), map_location, ref)
+        model = rebuild(rec, ref, trust_recipe=trust_recipe, meta=True)
+        return load_weights(path, aliases, model, map_location, ref, allow_pickle=allow_pickle)
     except _StillOnMeta:
-        return load_weights(path, aliases, rebuild(rec, ref), map_location, ref)
+        model = rebuild(rec, ref, trust_recipe=trust_recipe)
+        return load_weights(path, aliases, model, map_location, ref, allow_pickle=allow_pickle)

@@ -28,9 +28,35 @@ from typing import IO, Any, ClassVar
 
 import fsspec
 
+from .._errors import IntegrityError
 from .hashing import file_chunks, reader_chunks, write_hashed
 
 KeyFor = Callable[[str], str]
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it names something inside the shelf root, else raise IntegrityError.
+
+    Keys are built from names, ids and digests that may come from a shelf someone else wrote
+    (or from listing it): every backend checks each key before use, so that nothing read from
+    a shelf can make a read or a write leave its root.
+    """
+    if key == "":
+        return key  # the root itself (listing everything)
+    if (
+        not isinstance(key, str)
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(part in ("", ".", "..") for part in key.split("/"))
+    ):
+        raise IntegrityError(
+            f"Refusing the shelf key {key!r}: it would leave the shelf's folder. The shelf "
+            "(or a record on it) may have been tampered with."
+        )
+    return key
+
+
 Chunks = Callable[[], Iterable[Any]]
 
 
@@ -60,6 +86,7 @@ class Storage:
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, key: str) -> str:
+        check_key(key)
         return f"{self.root}/{key}" if key else self.root
 
     def describe(self, key: str) -> str:

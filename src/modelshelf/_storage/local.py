@@ -17,7 +17,7 @@ import fsspec
 
 from .._config import CHUNK_SIZE
 from .._progress import report
-from .base import ChangedWhileReading, Chunks, KeyFor, Storage
+from .base import ChangedWhileReading, Chunks, KeyFor, Storage, check_key
 from .hashing import sha256_file, write_hashed
 
 
@@ -28,6 +28,9 @@ class LocalStorage(Storage):
         super().__init__(fsspec.filesystem("file"), root, root)
         self.base = Path(root)
         self._made: set[Path] = set()
+
+    def _local(self, key: str) -> Path:
+        return self.base / check_key(key) if key else self.base
 
     def describe(self, key: str) -> str:
         return str(self.base / key)
@@ -40,10 +43,10 @@ class LocalStorage(Storage):
     # -- reads ---------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
         try:
-            with open(self.base / key, "rb") as f:
+            with open(self._local(key), "rb") as f:
                 return f.read()
         except (NotADirectoryError, IsADirectoryError):
-            raise FileNotFoundError(str(self.base / key)) from None
+            raise FileNotFoundError(str(self._local(key))) from None
 
     def read_many(self, keys: list[str]) -> dict[str, bytes]:
         out = {}
@@ -54,16 +57,16 @@ class LocalStorage(Storage):
         return out
 
     def open_read(self, key: str) -> IO[bytes]:
-        return open(self.base / key, "rb")
+        return open(self._local(key), "rb")
 
     def exists(self, key: str) -> bool:
-        return (self.base / key).exists()
+        return (self._local(key)).exists()
 
     def size(self, key: str) -> int:
-        return (self.base / key).stat().st_size
+        return (self._local(key)).stat().st_size
 
     def find(self, prefix: str) -> list[str]:
-        base = self.base / prefix if prefix else self.base
+        base = self._local(prefix)
         out: list[str] = []
         for dirpath, _dirs, files in os.walk(base):
             rel = Path(dirpath).relative_to(self.base).as_posix()
@@ -74,13 +77,13 @@ class LocalStorage(Storage):
         out: dict[str, tuple[int, _dt.datetime | None]] = {}
         for key in self.find(prefix):
             with contextlib.suppress(FileNotFoundError):
-                st = (self.base / key).stat()
+                st = (self._local(key)).stat()
                 out[key] = (st.st_size, _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc))
         return out
 
     def listdir(self, prefix: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.base / prefix))
+            return sorted(os.listdir(self._local(prefix)))
         except (FileNotFoundError, NotADirectoryError):
             return []
 
@@ -97,7 +100,7 @@ class LocalStorage(Storage):
     def create(self, key: str, data: bytes) -> bool:
         # Write the whole record under a private name, then link it into place: link fails
         # if the name exists (like O_EXCL) and readers never see a half-written record.
-        final = self.base / key
+        final = self._local(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._write_tmp(data)
         try:
@@ -109,7 +112,7 @@ class LocalStorage(Storage):
         return True
 
     def replace(self, key: str, data: bytes, *, durable: bool = True) -> None:
-        final = self.base / key
+        final = self._local(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._write_tmp(data, durable=durable)
         try:
@@ -118,14 +121,14 @@ class LocalStorage(Storage):
             tmp.unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
-        (self.base / key).unlink(missing_ok=True)
+        (self._local(key)).unlink(missing_ok=True)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.delete(key)
 
     def _move_into_place(self, tmp: Path, key: str) -> None:
-        final = self.base / key
+        final = self._local(key)
         if final.parent not in self._made:
             final.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(final.parent)
