@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .._errors import ConflictError, NotFoundError
+from .._errors import ConflictError, IntegrityError, NotFoundError
 from .._format.layout import ArtifactKeys
 from .._format.names import LATEST, validate_alias
 from .._format.records import (
@@ -108,8 +108,18 @@ class Labels:
     # -- aliases -------------------------------------------------------------------------
     def alias_map(self, name: str) -> dict[str, int]:
         """Every alias of ``name`` (``latest`` excepted) and the version it points to."""
-        _, head = SeqLog(self.storage, ArtifactKeys(name).aliases).head()
-        return {k: int(v) for k, v in (head or {}).get("aliases", {}).items()}
+        key = ArtifactKeys(name).aliases
+        _, head = SeqLog(self.storage, key).head()
+        aliases = (head or {}).get("aliases", {})
+        if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in aliases.items()
+        ):
+            raise IntegrityError(
+                f"The alias record under {self.storage.describe(key)} is malformed: it maps "
+                "aliases to something other than version numbers."
+            )
+        return dict(aliases)
 
     def move_aliases(
         self, name: str, moves: dict[str, int | None], *, run_id: str | None = None

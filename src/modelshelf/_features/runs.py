@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ConflictError, InvalidArgumentError, InvalidMetadataError, NotFoundError
 from .._format.layout import RUNS, RunKeys
-from .._format.names import validate_name
+from .._format.names import RUN_ID_RULE, is_run_id, validate_name
 from .._format.records import RunEnd, clean_metadata, dumps, isoformat, loads, now, parse_time
 from .._format.seqlog import SeqLog
 
@@ -337,8 +337,10 @@ class Run:
     @classmethod
     def load(cls, repo: Repository, run_id: str) -> Run:
         """The run ``run_id`` of ``repo``; NotFoundError listing recent runs."""
-        if not isinstance(run_id, str) or "/" in run_id or run_id in ("", ".", ".."):
-            raise NotFoundError(f"Invalid run id {run_id!r}.", ref=str(run_id))
+        if not is_run_id(run_id):
+            raise NotFoundError(
+                f"Invalid run id {run_id!r:.140}: {RUN_ID_RULE}.", ref=str(run_id)[:140]
+            )
         data = repo.storage.try_read(RunKeys(run_id).record)
         if data is None:
             recent = [r.id for r in cls.load_all(repo)[-5:]]

@@ -90,11 +90,15 @@ class LocalStorage(Storage):
     # -- writes --------------------------------------------------------------------------
     def _write_tmp(self, data: bytes, *, durable: bool = True) -> Path:
         tmp = self._tmp()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no empty file behind
+            raise
         return tmp
 
     def create(self, key: str, data: bytes) -> bool:
@@ -128,6 +132,13 @@ class LocalStorage(Storage):
             self.delete(key)
 
     def _move_into_place(self, tmp: Path, key: str) -> None:
+        """fsync a finished blob, then move it to ``key``: a version is committed only after
+        its blobs are, so a power loss cannot leave it pointing at truncated bytes."""
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         final = self._local(key)
         if final.parent not in self._made:
             final.parent.mkdir(parents=True, exist_ok=True)
