@@ -139,3 +139,42 @@ def test_copy_from_a_bucket_whose_keys_climb_out(
     written = files_under(tmp_path) - before
     assert all(target in p.parents for p in written), written
     assert not any(p.name == "escape.txt" for p in files_under(tmp_path.parent))
+
+
+def test_an_oversized_record_is_refused_unread(
+    shelf: ms.Shelf, logged: ms.ArtifactVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelshelf._storage import base
+
+    monkeypatch.setattr(base, "MAX_READ_BYTES", 1024 * 1024)  # the real bound is 64 MiB
+    storage = shelf.repository.storage
+    key = SeqLog(storage, ArtifactKeys("m").versions).key(1)
+    storage.create(key, b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    with pytest.raises(ms.IntegrityError, match="larger than 1 MiB"):
+        ms.Shelf(shelf.url).get("m:v1")
+
+
+def test_a_tensor_header_that_lies_about_its_size_is_refused_before_reading(
+    shelf: ms.Shelf, tmp_path: Path
+) -> None:
+    import struct
+
+    def safetensors(header: dict[str, object], data: bytes) -> bytes:
+        raw = json.dumps(header).encode()
+        return struct.pack("<Q", len(raw)) + raw + data
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(
+        safetensors({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 16)
+    )
+    shelf.log_artifact(path, name="t", type="model")
+    for lie in (
+        {"dtype": "F32", "shape": [100_000_000, 10_000_000], "data_offsets": [0, 16]},
+        {"dtype": "F32", "shape": [4], "data_offsets": [0, 1 << 40]},
+        {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]},
+        {"dtype": "F32", "shape": "many", "data_offsets": [0, 16]},
+    ):
+        path.write_bytes(safetensors({"t": lie}, b"\0" * 16))
+        v = shelf.log_artifact(path, name="t", type="model")
+        with pytest.raises(ms.IntegrityError, match="the tensor 't'"):
+            shelf.diff("t:v0", v.ref)

@@ -175,20 +175,57 @@ def config_of(version: ArtifactVersion) -> dict[str, Any]:
 
 # -- safetensors, read lazily ---------------------------------------------------------------
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The tensors of a safetensors file (name -> dtype, shape, offsets) and the data start."""
+    """The tensors of a safetensors file (name -> dtype, shape, offsets) and the data start.
+
+    The header comes from a shelf, so it is checked against the file before any tensor is
+    read: every tensor lies inside the data, and its byte length fits its shape and dtype (as
+    safetensors itself checks), so a header cannot make a diff read or loop past the file.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
             raise IntegrityError(f"{str(path)!r} is not a safetensors file (too short).")
         (n,) = struct.unpack("<Q", head)
-        if n > 100 * 1024 * 1024:
+        if n > min(100 * 1024 * 1024, size - 8):
             raise IntegrityError(f"{str(path)!r} is not a safetensors file (header of {n} bytes).")
         try:
             header = json.loads(f.read(n))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise IntegrityError(f"{str(path)!r} is not a safetensors file (bad header).") from None
+    if not isinstance(header, dict):
+        raise IntegrityError(f"{str(path)!r} is not a safetensors file (bad header).")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        _check_tensor(path, name, info, size - 8 - n)
     return header, 8 + n
+
+
+def _check_tensor(path: Path, name: str, info: Any, data_size: int) -> None:
+    def bad(why: str) -> IntegrityError:
+        return IntegrityError(f"{str(path)!r}: the tensor {name!r:.80} {why}.")
+
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        raise bad("has no dtype")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise bad(f"has a malformed shape {shape!r:.80}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= data_size
+    ):
+        raise bad(f"has offsets {offsets!r:.80} outside the file's {data_size} bytes of data")
+    if info["dtype"] in _DTYPES:
+        expected = math.prod(shape) * _DTYPES[info["dtype"]][1]
+        if offsets[1] - offsets[0] != expected:
+            raise bad(
+                f"declares {info['dtype']}{shape} ({expected} bytes) over "
+                f"{offsets[1] - offsets[0]} bytes"
+            )
 
 
 def _stream(path: Path, start: int, info: dict[str, Any], count: int) -> Any:

@@ -33,6 +33,17 @@ from .hashing import file_chunks, reader_chunks, write_hashed
 
 KeyFor = Callable[[str], str]
 
+#: The most bytes ``read`` returns: records and manifests are small, and a shelf someone else
+#: wrote could hold a record of any size (a 200 MB one would cost a reader gigabytes).
+MAX_READ_BYTES = 64 * 1024 * 1024
+
+
+def too_large(where: str) -> IntegrityError:
+    return IntegrityError(
+        f"The shelf record {where} is larger than {MAX_READ_BYTES // (1024 * 1024)} MiB, more "
+        "than any record modelshelf writes: it is refused unread."
+    )
+
 
 def check_key(key: str) -> str:
     """Return ``key`` if it names something inside the shelf root, else raise IntegrityError.
@@ -103,8 +114,12 @@ class Storage:
 
     # -- reads ---------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
-        """Return the bytes at ``key``; raise FileNotFoundError when absent."""
-        return bytes(self.fs.cat_file(self.path(key)))
+        """Return the bytes at ``key`` (a record or manifest, at most MAX_READ_BYTES); raise
+        FileNotFoundError when absent."""
+        data = bytes(self.fs.cat_file(self.path(key), start=0, end=MAX_READ_BYTES + 1))
+        if len(data) > MAX_READ_BYTES:
+            raise too_large(self.describe(key))
+        return data
 
     def try_read(self, key: str) -> bytes | None:
         try:
@@ -122,6 +137,8 @@ class Storage:
         for key, p in zip(keys, paths, strict=True):
             value = got.get(p, got.get(self._strip(p)))
             if isinstance(value, (bytes, bytearray)):
+                if len(value) > MAX_READ_BYTES:
+                    raise too_large(self.describe(key))
                 out[key] = bytes(value)
             elif isinstance(value, Exception) and not isinstance(value, FileNotFoundError):
                 raise value

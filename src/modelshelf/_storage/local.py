@@ -17,6 +17,7 @@ import fsspec
 
 from .._config import CHUNK_SIZE
 from .._progress import report
+from . import base
 from .base import ChangedWhileReading, Chunks, KeyFor, Storage, check_key
 from .hashing import sha256_file, write_hashed
 
@@ -44,7 +45,10 @@ class LocalStorage(Storage):
     def read(self, key: str) -> bytes:
         try:
             with open(self._local(key), "rb") as f:
-                return f.read()
+                data = f.read(base.MAX_READ_BYTES + 1)
+            if len(data) > base.MAX_READ_BYTES:
+                raise base.too_large(self.describe(key))
+            return data
         except (NotADirectoryError, IsADirectoryError):
             raise FileNotFoundError(str(self._local(key))) from None
 
