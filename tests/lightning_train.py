@@ -99,6 +99,11 @@ def main() -> None:
     if args.out and trainer.is_global_zero:
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, args.out)
         print("epochs run:", trainer.current_epoch, "global step:", trainer.global_step)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Before the interpreter's teardown: Gloo's worker threads may still hold tensors, and
+        # destroying them during finalization aborts the process ("terminate called without
+        # an active exception", exit -6). PyTorch asks scripts to do this themselves.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
