@@ -100,7 +100,9 @@ original = repository.Repository._identical
 def paused(self, *args, **kwargs):
     # Test instrumentation: stop after the blobs are stored, before the lease is written.
     open(signal_file, "w").close()
+    deadline = time.monotonic() + 300  # never outlive a test that failed before "go"
     while not os.path.exists(go_file):
+        assert time.monotonic() < deadline, "no go signal"
         time.sleep(0.01)
     return original(self, *args, **kwargs)
 

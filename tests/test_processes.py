@@ -21,7 +21,9 @@ import modelshelf as ms
 url, worker, start, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 shelf = ms.Shelf(url)
 open(f"{start}.ready-{worker}", "w").close()
+deadline = time.monotonic() + 300  # never outlive a test that failed before the start
 while not os.path.exists(start):
+    assert time.monotonic() < deadline, "no start signal"
     time.sleep(0.005)
 got = []
 for i in range(10):
@@ -95,7 +97,9 @@ import modelshelf as ms
 url, version, start = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 v = ms.Shelf(url).get(f"model:v{version}")
 open(f"{start}.ready-{version}", "w").close()
+deadline = time.monotonic() + 300  # never outlive a test that failed before the start
 while not os.path.exists(start):
+    assert time.monotonic() < deadline, "no start signal"
     time.sleep(0.005)
 for _ in range(10):
     v.set_alias("production")

@@ -42,14 +42,15 @@ for r in range(rounds):
 """
 
 COLLECTOR = r"""
-import os, sys
+import os, sys, time
 import modelshelf as ms
-url, stop = sys.argv[1], sys.argv[2]
+url, stop, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 shelf = ms.Shelf(url)
-passes = 0
-while not os.path.exists(stop) or passes < 3:
+passes, deadline = 0, time.monotonic() + 900  # stops by itself, even if the test died
+while (not os.path.exists(stop) or passes < 3) and time.monotonic() < deadline:
     shelf.gc(grace_period=0)
     passes += 1
+    time.sleep(pause)
 print(passes, flush=True)
 """
 
@@ -82,7 +83,8 @@ def test_gc_never_frees_what_a_writer_reuses(
     stop = tmp_path / "stop"
     env = os.environ.copy()
     collector = subprocess.Popen(
-        [sys.executable, "-c", COLLECTOR, url, str(stop)],
+        # On S3 a pass takes seconds: leave gaps, or each log waits for a whole pass.
+        [sys.executable, "-c", COLLECTOR, url, str(stop), "0" if backend == "local" else "1.0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     procs = [
@@ -96,12 +98,21 @@ def test_gc_never_frees_what_a_writer_reuses(
         for w in range(writers)
     ]
     lines = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-        lines += out.splitlines()
-    stop.touch()
-    out, err = collector.communicate(timeout=600)
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+            lines += out.splitlines()
+    finally:  # the gc loop stops when the writers do, whatever happened to them
+        stop.touch()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        try:
+            out, err = collector.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+            raise
     assert collector.returncode == 0, err
     assert int(out) >= 3
     damaged = [line for line in lines if line.startswith("DAMAGED")]

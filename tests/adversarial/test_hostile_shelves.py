@@ -178,3 +178,15 @@ def test_a_tensor_header_that_lies_about_its_size_is_refused_before_reading(
         v = shelf.log_artifact(path, name="t", type="model")
         with pytest.raises(ms.IntegrityError, match="the tensor 't'"):
             shelf.diff("t:v0", v.ref)
+
+
+def test_copying_a_version_whose_blob_is_missing_is_an_integrity_error(
+    shelf: ms.Shelf, logged: ms.ArtifactVersion, tmp_path: Path
+) -> None:
+    digest = logged.files["w.bin"].digest
+    assert digest is not None
+    shelf.repository.storage.delete(f"blobs/sha256/{digest[7:9]}/{digest[7:]}")
+    with pytest.raises(ms.IntegrityError, match="is missing"):
+        shelf.copy("m", tmp_path / "target")
+    with pytest.raises(ms.NotFoundError):  # nothing was committed there
+        ms.Shelf(tmp_path / "target").get("m")

@@ -226,4 +226,9 @@ def cached_blob_from(storage: Storage, hexdigest: str) -> Path:
                 f"(its bytes hash to {got})."
             )
 
+    if not storage.exists(blob_key(hexdigest)):
+        raise IntegrityError(
+            f"The blob {storage.describe(blob_key(hexdigest))} is missing: a version that "
+            "references it is damaged (gc reports such versions; verify() names them)."
+        )
     return _into_cache(storage.iter_chunks(blob_key(hexdigest)), check)

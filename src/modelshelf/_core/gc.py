@@ -95,12 +95,13 @@ def settle_with_gc(storage: Storage, floor: int, ensure: Callable[[], object]) -
 
 def _wait_over(storage: Storage, log: SeqLog, k: int) -> None:
     record = log.get(k)
-    waited = time.monotonic()
+    waited, pause = time.monotonic(), 0.02
     while record is not None and not _gc_over(storage, k, record):
         if time.monotonic() - waited > 30:
             logger.warning("waiting for gc %d on %s to finish", k, storage.url)
             waited = time.monotonic()
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 1.0)  # a few checks a second at most: a bucket pays per request
 
 
 @dataclass

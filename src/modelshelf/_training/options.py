@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import InvalidArgumentError
-from .._format.names import validate_alias, validate_name
+from .._format.names import validate_alias
 from .._format.records import clean_metadata
 
 MODES = ("auto", "min", "max")
@@ -95,10 +95,6 @@ def make_options(options: dict[str, Any]) -> CheckpointOptions:
             f"{', '.join(sorted(known))}."
         )
     return CheckpointOptions(**options)
-
-
-def check_name(name: object) -> str:
-    return validate_name(name)
 
 
 def signature_with(init: Callable[..., Any], **extra: Any) -> inspect.Signature:
