@@ -214,7 +214,7 @@ class Repository:
         lease = uuid.uuid4().hex
         blobs = manifest.blob_hexes()
         manifest_bytes = manifest.to_bytes()
-        manifest_hex = manifest.sha256()
+        manifest_hex = hashlib.sha256(manifest_bytes).hexdigest()  # its key, as Manifest.sha256
         lease_record: LeaseRecord = {
             "at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs),
             "manifests": [manifest_hex],
