@@ -48,11 +48,21 @@ DEFAULT_GRACE_SECONDS = 3600.0
 TMP_TTL_SECONDS = 24 * 3600.0  # a temporary file this old belongs to no writer in flight
 
 
-def _gc_over(storage: Storage, k: int, record: dict[str, Any]) -> bool:
-    if storage.exists(GcKeys(k).done):
+def _gc_over(storage: Storage, log: SeqLog, k: int) -> bool:
+    """Whether gc pass ``k`` ended (or died; or never existed)."""
+    taken, record = log.slot(k)
+    if not taken or storage.exists(GcKeys(k).done):
         return True
     beat = storage.try_read(GcKeys(k).beat)
-    last = parse_time(beat.decode()) if beat else parse_time(record["started_at"])
+    if beat:
+        last = parse_time(beat.decode())
+    elif record is not None:
+        last = parse_time(record["started_at"])
+    else:  # its record is being written, or was torn by a crash: as old as the key
+        try:
+            last = storage.modified(log.key(k)) or now()
+        except FileNotFoundError:
+            return True
     return (now() - last).total_seconds() > GC_STALE_SECONDS  # that gc died
 
 
@@ -65,11 +75,10 @@ def gc_floor(storage: Storage) -> int:
     blob.
     """
     log = SeqLog(storage, GC)
-    head, record = log.head()
+    head, _ = log.head()
     floor = head + 1
-    while floor > 0 and record is not None and not _gc_over(storage, floor - 1, record):
+    while floor > 0 and not _gc_over(storage, log, floor - 1):
         floor -= 1
-        record = log.get(floor - 1) if floor > 0 else None
     return floor
 
 
@@ -94,9 +103,8 @@ def settle_with_gc(storage: Storage, floor: int, ensure: Callable[[], object]) -
 
 
 def _wait_over(storage: Storage, log: SeqLog, k: int) -> None:
-    record = log.get(k)
     waited, pause = time.monotonic(), 0.02
-    while record is not None and not _gc_over(storage, k, record):
+    while not _gc_over(storage, log, k):
         if time.monotonic() - waited > 30:
             logger.warning("waiting for gc %d on %s to finish", k, storage.url)
             waited = time.monotonic()
@@ -139,13 +147,17 @@ class GcReport:
 
 
 def _referenced(repo: Repository, report: GcReport) -> tuple[set[str], set[str]]:
-    """Blobs and manifests that a live (not deleted) version needs; versions whose manifest
-    cannot be read go to ``report.damaged``."""
+    """Blobs and manifests that a live (not deleted) version needs; versions whose commit
+    record or manifest cannot be read go to ``report.damaged``."""
     blobs: set[str] = set()
     manifests: dict[str, str] = {}
     for name in repo.artifacts():
         states = repo.labels.all_states(name)
-        for n, record in repo.labels.versions_log(name).all():
+
+        def unreadable(n: int, _exc: Exception, name: str = name) -> None:
+            report.damaged.append(f"{name}:v{n}")  # being written, or torn: it may need any
+
+        for n, record in repo.labels.versions_log(name).all(unreadable):
             if not states.get(n, {}).get("deleted"):
                 manifests.setdefault(str(record.get("manifest")), f"{name}:v{n}")
     for hexdigest, ref in manifests.items():
@@ -192,7 +204,11 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
     stale_leases = []
     lease_keys = [k for k in storage.find(LEASES) if k.endswith(".json")]
     for key, data in storage.read_many(lease_keys).items():
-        lease = loads(data, key)
+        try:
+            lease = loads(data, storage.describe(key))
+        except IntegrityError:  # a writer's lease that cannot be read may hold anything
+            report.damaged.append(storage.describe(key))
+            continue
         age = (now() - parse_time(lease["at"])).total_seconds()
         if age > LEASE_TTL_SECONDS:
             stale_leases.append(key)
@@ -220,7 +236,7 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
     old_manifests = []
     for key, (_size, mtime) in storage.find_detailed(MANIFESTS).items():
         hexdigest = manifest_hex_of(key)
-        if hexdigest in manifests or hexdigest in leased_manifests:
+        if hexdigest in manifests or hexdigest in leased_manifests or report.damaged:
             continue
         if mtime is None or mtime <= cutoff:
             old_manifests.append(key)

@@ -20,6 +20,7 @@ from .._format.records import (
     AliasRecord,
     Record,
     StateRecord,
+    UnreadableRecord,
     dumps,
     isoformat,
     loads,
@@ -73,7 +74,16 @@ class Labels:
             if n is not None:
                 latest[n] = max(latest.get(n, ""), key)
         got = self.storage.read_many(list(latest.values()))
-        return {n: loads(got[k], k) for n, k in latest.items() if k in got}
+        states = {}
+        for n, key in latest.items():
+            if key in got:
+                try:
+                    states[n] = loads(got[key], self.storage.describe(key))
+                except UnreadableRecord:  # the newest change is being written, or torn
+                    head = SeqLog(self.storage, ArtifactKeys(name).state(n), hint=False).head()
+                    if head[1] is not None:
+                        states[n] = head[1]
+        return states
 
     def update_state(self, name: str, version: int, change: Callable[[Record], None]) -> Record:
         """Apply ``change`` to the labels of ``name:v<version>`` and record the result."""

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,7 @@ from .._format.records import (
     LeaseRecord,
     Record,
     RootRecord,
+    UnreadableRecord,
     UsedByRecord,
     dumps,
     isoformat,
@@ -48,7 +50,7 @@ from .._format.records import (
     parse_time,
     writer_info,
 )
-from .._format.seqlog import SeqLog
+from .._format.seqlog import SeqLog, settled
 from .._storage import ChangedWhileReading, open_storage
 from . import hashcache
 from .gc import gc_floor, settle_with_gc
@@ -127,19 +129,48 @@ class Repository:
     # -- names ---------------------------------------------------------------------------
     def type_of(self, name: str) -> str | None:
         """The type of the artifact ``name``, or None if it was never logged."""
-        data = self.storage.try_read(ArtifactKeys(name).info)
-        return str(loads(data, name)["type"]) if data else None
+        info = self._artifact_info(name)
+        return str(info["type"]) if info else None
+
+    def _artifact_info(self, name: str, wait: bool = False) -> Record | None:
+        """``artifact.json`` of ``name``. One that does not decode (being written, or torn by a
+        crash) reads as the type its versions were committed with, or as absent if none was;
+        with ``wait``, a fresh one is waited for, and a torn one is written again."""
+        key = ArtifactKeys(name).info
+        first_seen: dict[str, tuple[float, int]] = {}
+        while True:
+            data = self.storage.try_read(key)
+            if data is None:
+                return None
+            try:
+                return loads(data, self.storage.describe(key))
+            except UnreadableRecord:
+                if wait and not settled(self.storage, key, first_seen):
+                    time.sleep(0.05)
+                    continue
+            for _n, record in self.labels.versions_log(name).all()[:1]:
+                info: ArtifactInfo = {
+                    "name": name, "type": str(record["type"]), "created_at": record["created_at"]
+                }  # fmt: skip
+                break
+            else:
+                return None
+            if wait:  # write again what the torn record had to say
+                self.storage.replace(key, dumps(info))
+            return dict(info)
 
     def claim_name(self, name: str, type: str) -> None:
         """Make ``name`` an artifact of ``type``; ConflictError if it is one of another type."""
         key = ArtifactKeys(name).info
-        data = self.storage.try_read(key)
-        if data is None:
+        existing = self._artifact_info(name, wait=True)
+        if existing is None:
             record: ArtifactInfo = {"name": name, "type": type, "created_at": isoformat(now())}
             if self.storage.create(key, dumps(record)):
                 return
-            data = self.storage.read(key)  # created by another writer meanwhile
-        existing = loads(data, name)
+            existing = self._artifact_info(name, wait=True)  # another writer's, meanwhile
+            if existing is None:  # torn by a writer that crashed before its first version
+                self.storage.replace(key, dumps(record))
+                return
         if existing["type"] != type:
             raise ConflictError(
                 f"{name!r} is an artifact of type {existing['type']!r}, not {type!r}. "
@@ -227,10 +258,10 @@ class Repository:
                 if not self.storage.exists(blob_key(hexdigest)):
                     by_hex[hexdigest].store(self)
             if not self.storage.exists(manifest_key(manifest_hex)):
-                self.storage.create(manifest_key(manifest_hex), manifest_bytes)
+                self._put_manifest(manifest_hex, manifest_bytes)
 
         try:
-            self.storage.create(manifest_key(manifest_hex), manifest_bytes)
+            self._put_manifest(manifest_hex, manifest_bytes)
             settle_with_gc(self.storage, floor, ensure)
             record = {
                 "name": name,
@@ -258,6 +289,15 @@ class Repository:
         if aliases:
             self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
         return self.get(f"{name}:v{version}")
+
+    def _put_manifest(self, hexdigest: str, data: bytes) -> None:
+        """Store a manifest under its digest, unless it is there whole already."""
+        key = manifest_key(hexdigest)
+        if self.storage.create(key, data) or not self.storage.creates_can_tear:
+            return
+        existing = self.storage.try_read(key)  # being written by another writer, or torn
+        if existing is None or hashlib.sha256(existing).hexdigest() != hexdigest:
+            self.storage.replace(key, data)  # the bytes are fixed by the key: either is right
 
     def _identical(self, name: str, digest: str) -> ArtifactVersion | None:
         data = self.storage.try_read(ArtifactKeys(name).digest(digest))
@@ -380,20 +420,24 @@ class Repository:
             return sorted(names)
         keys = {n: ArtifactKeys(n).info for n in names}
         infos = self.storage.read_many(list(keys.values()))
-        return sorted(
-            n for n, k in keys.items() if k in infos and loads(infos[k], n).get("type") == type
-        )
+        types = {}
+        for n, key in keys.items():
+            if key in infos:
+                try:
+                    types[n] = loads(infos[key], self.storage.describe(key)).get("type")
+                except UnreadableRecord:
+                    types[n] = self.type_of(n)
+        return sorted(n for n, t in types.items() if t == type)
 
     def latest(self, name: str) -> int | None:
         """The newest version of ``name`` that was not deleted, or None."""
         log = self.labels.versions_log(name)
-        n, record = log.head()
-        while n >= 0 and record is not None:
-            state = self.labels.state(name, n, record)
-            if not state.get("deleted"):
+        n, _ = log.head()
+        while n >= 0:
+            record = log.readable(n)  # None: being written, or torn by a crash
+            if record is not None and not self.labels.state(name, n, record).get("deleted"):
                 return n
             n -= 1
-            record = log.get(n)
         return None
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - manifests are immutable

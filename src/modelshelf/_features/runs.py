@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import importlib.metadata
+import logging
 import math
 import os
 import platform
@@ -37,13 +38,24 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ConflictError, InvalidArgumentError, InvalidMetadataError, NotFoundError
 from .._format.layout import RUNS, RunKeys
 from .._format.names import RUN_ID_RULE, is_run_id, validate_name
-from .._format.records import RunEnd, clean_metadata, dumps, isoformat, loads, now, parse_time
+from .._format.records import (
+    RunEnd,
+    UnreadableRecord,
+    clean_metadata,
+    dumps,
+    isoformat,
+    loads,
+    now,
+    parse_time,
+)
 from .._format.seqlog import SeqLog
 
 if TYPE_CHECKING:
     from .._core.repository import Repository
     from .._core.version import ArtifactVersion
     from .._storage import Storage
+
+logger = logging.getLogger("modelshelf")
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 150.0
@@ -184,7 +196,10 @@ class Run:
     def _read_end(self) -> dict[str, Any] | None:
         if self._end is None:
             data = self._storage.try_read(self._keys.end)
-            self._end = loads(data, self.id) if data else None
+            try:
+                self._end = loads(data, self.id) if data else None
+            except UnreadableRecord:
+                self._end = None  # being written, or torn by a crash: not ended (yet)
         return self._end
 
     @property
@@ -369,7 +384,11 @@ class Run:
             data = got.get(key)
             if data is None:
                 continue
-            run = cls(repo, loads(data, i))
+            try:
+                run = cls(repo, loads(data, i))
+            except UnreadableRecord as exc:  # being written, or torn by a crash
+                logger.debug("%s", exc)
+                continue
             if job_type is not None and run.job_type != job_type:
                 continue
             if project is not None and run.project != project:

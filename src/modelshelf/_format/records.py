@@ -7,6 +7,7 @@ a JSON object is damage, reported as ``IntegrityError`` naming where it was read
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -127,17 +128,59 @@ class RunEnd(TypedDict):
 
 
 # -- coding ----------------------------------------------------------------------------------
+#: Every record modelshelf writes opens with the sha256 of the rest: ``{"_sha256":"<hex>",...}``.
+#: A record is written whole by a rename or a ``link()`` where the filesystem has them, but on
+#: one without hard links (a FUSE mount such as Colab's Google Drive) or on a generic fsspec
+#: backend, create-if-absent writes the final name in place: a reader may meet a record still
+#: being written, or one a crash left torn. The checksum tells both from a real record.
+_SEAL = b'{"_sha256":"'
+_SEAL_END = len(_SEAL) + 64
+
+
+class UnreadableRecord(IntegrityError):
+    """A record that does not decode: still being written, torn by a crash, or damaged."""
+
+
 def dumps(record: Any) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    """The bytes of ``record`` as stored: compact JSON, sorted keys, sealed by its checksum."""
+    body = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    if not body.startswith(b"{"):
+        return body
+    seal = _SEAL + hashlib.sha256(body).hexdigest().encode() + b'"'
+    return seal + (b"}" if body == b"{}" else b"," + body[1:])
+
+
+def _unseal(data: bytes, where: str) -> bytes:
+    """The JSON body of a sealed record, checked against its seal (an unsealed record, as
+    shelves written before the seal hold, is returned as it is)."""
+    if not data.startswith(_SEAL):
+        return data
+    hexdigest = data[len(_SEAL) : _SEAL_END]
+    rest = data[_SEAL_END:]
+    if rest[:2] == b'",':
+        body = b"{" + rest[2:]
+    elif rest == b'"}':
+        body = b"{}"
+    else:
+        body = None
+    if body is None or hashlib.sha256(body).hexdigest().encode() != hexdigest:
+        raise UnreadableRecord(
+            f"The shelf record {where} does not match its checksum: it is still being written, "
+            "was torn by a crash, or was changed afterwards."
+        )
+    return body
 
 
 def loads(data: bytes, where: str) -> Record:
-    """Decode a record read from ``where``; damage raises IntegrityError naming it."""
+    """Decode a record read from ``where``; damage raises IntegrityError naming it
+    (UnreadableRecord when the bytes do not decode at all)."""
+    body = _unseal(data, where)
     try:
-        value = json.loads(data)
+        value = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise IntegrityError(
-            f"The shelf record {where} is not valid JSON ({type(exc).__name__}: {exc!s:.200})."
+        raise UnreadableRecord(
+            f"The shelf record {where} is not valid JSON ({type(exc).__name__}: {exc!s:.200}); "
+            "it is still being written, was torn by a crash, or is damaged."
         ) from None
     if not isinstance(value, dict):
         raise IntegrityError(f"The shelf record {where} is not a JSON object.")

@@ -7,11 +7,19 @@ was seen, and records are never removed, so the numbers in use are always ``0..h
 is found by probing forward from a hint (``<prefix>/HEAD``), doubling the step, then bisecting.
 The hint is rewritten after each append; it may lag behind or even go back under races, which
 only costs a few more probes.
+
+Where create-if-absent cannot write a record whole (no hard links, a generic fsspec backend),
+a slot can hold a record that does not decode: one still being written, or one a crash tore.
+Such a slot counts as taken (the head is past it) but holds nothing: readers see the newest
+record that decodes, and a writer waits until the slot decodes or is *settled*, unchanged for
+``TORN_AFTER_SECONDS``, and then appends after it. A torn record is a change that never
+happened, as when the writer had crashed a moment earlier.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -19,9 +27,37 @@ from collections.abc import Callable
 from .._errors import ConflictError
 from .._storage import Storage
 from .layout import head_key, record_key, record_number
-from .records import Record, dumps, loads
+from .records import Record, UnreadableRecord, dumps, loads, now
+
+logger = logging.getLogger("modelshelf")
 
 _MAX_TRIES = 200
+
+#: A record that does not decode and has not changed for this long was torn by a crash: no
+#: writer takes seconds over a few kilobytes.
+TORN_AFTER_SECONDS = 30.0
+
+
+def settled(storage: Storage, key: str, first_seen: dict[str, tuple[float, int]]) -> bool:
+    """Whether the undecodable record at ``key`` is torn rather than still being written.
+
+    It is when its modification time is ``TORN_AFTER_SECONDS`` old, or when this process has
+    seen it unchanged for that long (``first_seen`` remembers when and at what size: a
+    filesystem's clock may differ from ours).
+    """
+    with contextlib.suppress(OSError):
+        modified = storage.modified(key)
+        if modified is not None and (now() - modified).total_seconds() > TORN_AFTER_SECONDS:
+            return True
+    try:
+        size = storage.size(key)
+    except FileNotFoundError:
+        return True  # removed since: the slot is free again, and create will say so
+    seen = first_seen.get(key)
+    if seen is None or seen[1] != size:
+        first_seen[key] = (time.monotonic(), size)
+        return False
+    return time.monotonic() - seen[0] > TORN_AFTER_SECONDS
 
 
 class SeqLog:
@@ -36,8 +72,24 @@ class SeqLog:
         return record_key(self.prefix, n)
 
     def get(self, n: int) -> Record | None:
+        """Record ``n``, or None if there is none; UnreadableRecord if it does not decode."""
         data = self.storage.try_read(self.key(n))
         return None if data is None else loads(data, self.storage.describe(self.key(n)))
+
+    def readable(self, n: int) -> Record | None:
+        """Record ``n`` if it is there and decodes, else None."""
+        try:
+            return self.get(n)
+        except UnreadableRecord:
+            return None
+
+    def slot(self, n: int) -> tuple[bool, Record | None]:
+        """Whether slot ``n`` is taken, and its record when it decodes."""
+        try:
+            record = self.get(n)
+        except UnreadableRecord:
+            return True, None
+        return record is not None, record
 
     def _read_hint(self) -> int:
         if not self.hint:
@@ -52,22 +104,23 @@ class SeqLog:
         if self.hint:
             self.storage.replace(head_key(self.prefix), str(n).encode(), durable=False)
 
-    def head(self) -> tuple[int, Record | None]:
-        """Return ``(n, record)`` of the newest record, or ``(-1, None)`` for an empty log."""
+    def _head(self) -> tuple[int, Record | None]:
+        """``(n, record n)`` of the newest slot taken (the record None if it does not decode),
+        or ``(-1, None)`` for an empty log."""
         start = self._read_hint()
         known, known_rec = -1, None
         if start >= 0:
-            known_rec = self.get(start)
-            if known_rec is not None:
-                known = start
+            taken, rec = self.slot(start)
+            if taken:
+                known, known_rec = start, rec
             # A hint ahead of the records cannot happen unless the shelf was edited by hand;
             # fall back to probing from the start.
         # Gallop: probe known+1, known+2, known+4, ... until one is missing.
         step, missing = 1, None
         while True:
             probe = known + step
-            rec = self.get(probe)
-            if rec is None:
+            taken, rec = self.slot(probe)
+            if not taken:
                 missing = probe
                 break
             known, known_rec = probe, rec
@@ -76,8 +129,8 @@ class SeqLog:
         lo, hi = known, missing
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            rec = self.get(mid)
-            if rec is None:
+            taken, rec = self.slot(mid)
+            if not taken:
                 hi = mid
             else:
                 lo, known_rec = mid, rec
@@ -86,13 +139,40 @@ class SeqLog:
                 self._write_hint(lo)
         return lo, known_rec
 
+    def _newest_readable(self, n: int) -> Record | None:
+        while n >= 0:
+            record = self.readable(n)
+            if record is not None:
+                return record
+            n -= 1
+        return None
+
+    def head(self) -> tuple[int, Record | None]:
+        """Return ``(n, record)``: the newest slot taken and the newest record at or before it
+        that decodes; ``(-1, None)`` for an empty log."""
+        n, record = self._head()
+        if record is None and n >= 0:
+            record = self._newest_readable(n - 1)
+        return n, record
+
     def append(self, make: Callable[[int, Record | None], Record | None]) -> tuple[int, Record]:
         """Append the record ``make(n, head_record)`` as number ``n``; retry on races.
 
         ``make`` may return None to append nothing; then the current head is returned.
         """
-        for attempt in range(_MAX_TRIES):
-            n, head = self.head()
+        attempt = 0
+        first_seen: dict[str, tuple[float, int]] = {}
+        while attempt < _MAX_TRIES:
+            n, head = self._head()
+            if head is None and n >= 0:
+                if not settled(self.storage, self.key(n), first_seen):
+                    time.sleep(0.05)  # being written by another writer: wait for it
+                    continue
+                logger.warning(
+                    "%s was torn by a crash; it is skipped (modelshelf fsck lists such records)",
+                    self.storage.describe(self.key(n)),
+                )
+                head = self._newest_readable(n - 1)
             record = make(n + 1, head)
             if record is None:
                 assert head is not None
@@ -101,14 +181,21 @@ class SeqLog:
                 with contextlib.suppress(OSError):
                     self._write_hint(n + 1)
                 return n + 1, record
-            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 50)))
+            attempt += 1
+            time.sleep(random.uniform(0, 0.002 * min(attempt, 50)))
         raise ConflictError(
             f"Could not append to {self.storage.describe(self.prefix)} after {_MAX_TRIES} "
             "attempts: too many writers at once. Try again."
         )
 
-    def all(self) -> list[tuple[int, Record]]:
-        """Every record, oldest first (one listing plus concurrent reads)."""
+    def all(
+        self, unreadable: Callable[[int, UnreadableRecord], None] | None = None
+    ) -> list[tuple[int, Record]]:
+        """Every record that decodes, oldest first (one listing plus concurrent reads).
+
+        A record that does not decode is left out (it is being written, or was torn by a
+        crash), and passed to ``unreadable`` when given.
+        """
         numbers = {k: record_number(k) for k in self.storage.find(self.prefix)}
         keys = [k for k, n in numbers.items() if n is not None]
         got = self.storage.read_many(keys)
@@ -116,5 +203,10 @@ class SeqLog:
         for key in keys:
             n = numbers[key]
             if n is not None and key in got:
-                out.append((n, loads(got[key], self.storage.describe(key))))
+                try:
+                    out.append((n, loads(got[key], self.storage.describe(key))))
+                except UnreadableRecord as exc:
+                    logger.debug("%s", exc)
+                    if unreadable is not None:
+                        unreadable(n, exc)
         return sorted(out, key=lambda item: item[0])

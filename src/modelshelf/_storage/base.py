@@ -95,6 +95,12 @@ class Storage:
         self.root = root.rstrip("/")
         self.url = url
 
+    @property
+    def creates_can_tear(self) -> bool:
+        """Whether ``create`` writes the final key in place, so that a crash can leave a torn
+        record there (a reader then finds one that does not decode)."""
+        return True
+
     # -- paths ---------------------------------------------------------------------------
     def path(self, key: str) -> str:
         check_key(key)
@@ -159,6 +165,12 @@ class Storage:
     def size(self, key: str) -> int:
         return int(self.fs.size(self.path(key)))
 
+    def modified(self, key: str) -> _dt.datetime | None:
+        """When ``key`` was last written, if the filesystem says; FileNotFoundError if absent."""
+        path = self.path(key)
+        self.fs.invalidate_cache(path)
+        return _mtime(self.fs.info(path))
+
     def find(self, prefix: str) -> list[str]:
         """Return every key under ``prefix`` (recursively), sorted."""
         return sorted(self.find_detailed(prefix))
@@ -190,13 +202,31 @@ class Storage:
         return sorted(n for n in names if n)
 
     # -- writes --------------------------------------------------------------------------
+    def _parent(self, key: str) -> None:
+        """Make the folder ``key`` goes in (a no-op on filesystems without folders)."""
+        parent = self.path(key).rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+
     def create(self, key: str, data: bytes) -> bool:
-        """Write ``data`` at ``key`` only if nothing is there; return False if it existed."""
+        """Write ``data`` at ``key`` only if nothing is there; return False if it existed.
+
+        This generic form opens the key with ``"xb"``: readers may see the record while it is
+        written, and a write that fails removes what it had created. Records are sealed by
+        their checksum, so neither passes for a real one (see ``_format/records``).
+        """
+        self._parent(key)
+        path = self.path(key)
         try:
-            with self.fs.open(self.path(key), "xb") as f:
-                f.write(data)
+            f = self.fs.open(path, "xb")
         except FileExistsError:
             return False
+        try:
+            with f:
+                f.write(data)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(path)
+            raise
         return True
 
     def replace(self, key: str, data: bytes, *, durable: bool = True) -> None:
@@ -205,8 +235,13 @@ class Storage:
         ``durable=False`` allows skipping the fsync, for hints that can be rebuilt.
         """
         tmp = self._tmp_key()
-        self.fs.pipe_file(self.path(tmp), data)
-        self.fs.mv(self.path(tmp), self.path(key))
+        self._parent(tmp)
+        try:
+            self.fs.pipe_file(self.path(tmp), data)
+            self._parent(key)
+            self.fs.mv(self.path(tmp), self.path(key))
+        finally:
+            self.delete(tmp)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -245,10 +280,12 @@ class Storage:
         self, chunks: Chunks, key_for: KeyFor, expected: str | None
     ) -> tuple[str, int]:
         tmp = self._tmp_key()
+        self._parent(tmp)
         try:
             with self.fs.open(self.path(tmp), "wb") as f:
                 digest, size = write_hashed(chunks(), f)
             if expected is None or digest == expected:
+                self._parent(key_for(digest))
                 self.fs.mv(self.path(tmp), self.path(key_for(digest)))
         finally:
             self.delete(tmp)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -21,14 +23,35 @@ from . import base
 from .base import ChangedWhileReading, Chunks, KeyFor, Storage, check_key
 from .hashing import sha256_file, write_hashed
 
+logger = logging.getLogger("modelshelf")
+
+
+#: What link() fails with where a filesystem has no hard links: FUSE mounts such as Colab's
+#: Google Drive (ENOSYS), SMB/vfat (EPERM, ENOTSUP), links across devices or over a limit.
+_NO_LINKS = {errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EXDEV, errno.EMLINK}
+
+
+def _fsync(fd: int) -> None:
+    """fsync, where the filesystem offers it (some FUSE mounts refuse it outright)."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
 
 class LocalStorage(Storage):
-    """A shelf in a local folder."""
+    """A shelf in a local folder (or a mounted one: NFS, SMB, Google Drive in Colab)."""
 
     def __init__(self, root: str) -> None:
         super().__init__(fsspec.filesystem("file"), root, root)
         self.base = Path(root)
         self._made: set[Path] = set()
+        self._links = True  # until link() says this filesystem has none
+
+    @property
+    def creates_can_tear(self) -> bool:
+        return not self._links
 
     def _local(self, key: str) -> Path:
         return self.base / check_key(key) if key else self.base
@@ -69,6 +92,10 @@ class LocalStorage(Storage):
     def size(self, key: str) -> int:
         return (self._local(key)).stat().st_size
 
+    def modified(self, key: str) -> _dt.datetime:
+        mtime = self._local(key).stat().st_mtime
+        return _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc)
+
     def find(self, prefix: str) -> list[str]:
         base = self._local(prefix)
         out: list[str] = []
@@ -99,7 +126,7 @@ class LocalStorage(Storage):
                 f.write(data)
                 if durable:
                     f.flush()
-                    os.fsync(f.fileno())
+                    _fsync(f.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)  # a full disk leaves no empty file behind
             raise
@@ -110,14 +137,25 @@ class LocalStorage(Storage):
         # if the name exists (like O_EXCL) and readers never see a half-written record.
         final = self._local(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._write_tmp(data)
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-        return True
+        if self._links:
+            tmp = self._write_tmp(data)
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                self._links = False
+                logger.info(
+                    "%s has no hard links (%s); records are created with O_EXCL instead",
+                    self.base,
+                    os.strerror(exc.errno or 0),
+                )
+            finally:
+                tmp.unlink(missing_ok=True)
+        return _create_exclusive(final, data)
 
     def replace(self, key: str, data: bytes, *, durable: bool = True) -> None:
         final = self._local(key)
@@ -140,7 +178,7 @@ class LocalStorage(Storage):
         its blobs are, so a power loss cannot leave it pointing at truncated bytes."""
         fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            _fsync(fd)
         finally:
             os.close(fd)
         final = self._local(key)
@@ -186,6 +224,30 @@ class LocalStorage(Storage):
         finally:
             tmp.unlink(missing_ok=True)
         return digest, size
+
+
+def _create_exclusive(final: Path, data: bytes) -> bool:
+    """Create ``final`` holding ``data`` unless it exists (O_CREAT|O_EXCL), then fsync.
+
+    Until the bytes are all written a reader sees a record that does not decode (records are
+    sealed by their checksum); a failed write removes what it created, and a crash may leave a
+    torn record that readers skip (see ``_format/seqlog``).
+    """
+    try:
+        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        _fsync(fd)
+    except BaseException:
+        os.close(fd)
+        final.unlink(missing_ok=True)  # ours: nobody else takes an undecodable record
+        raise
+    os.close(fd)
+    return True
 
 
 def _copy_and_hash(source: str | os.PathLike[str], tmp: Path) -> str:

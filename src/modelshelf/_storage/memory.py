@@ -14,6 +14,11 @@ _LOCK = threading.Lock()
 class MemoryStorage(Storage):
     """A shelf in this process's memory (tests, notebooks): writes are whole at once."""
 
+    creates_can_tear = False
+
+    def _parent(self, key: str) -> None:
+        pass  # keys need no folders
+
     def create(self, key: str, data: bytes) -> bool:
         path = self.path(key)
         with _LOCK:

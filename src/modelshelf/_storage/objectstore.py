@@ -21,6 +21,10 @@ class ObjectStoreStorage(Storage):
     """
 
     hash_before_upload = True
+    creates_can_tear = False
+
+    def _parent(self, key: str) -> None:
+        pass  # keys need no folders
 
     def create(self, key: str, data: bytes) -> bool:
         try:
