@@ -13,9 +13,19 @@ from pathlib import Path
 
 import pytest
 
+import flakyfs
 import modelshelf as ms
 
-BACKENDS = ["local", "memory", "s3"]
+#: ``generic`` is local disk seen through a plain fsspec filesystem (``flaky://`` with no
+#: faults): the storage path every filesystem that is not local, an object store or memory takes.
+BACKENDS = ["local", "memory", "s3", "generic"]
+flakyfs.register()
+
+#: Prepended to a child process's script so that it knows the ``flaky://`` backend too.
+CHILD_PRELUDE = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    "import flakyfs; flakyfs.register()\n"
+)
 
 
 def _free_port() -> int:
@@ -85,6 +95,8 @@ def make_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
         return str(tmp_path / "shelf")
     if backend == "memory":
         return f"memory://shelf-{uuid.uuid4().hex}"
+    if backend == "generic":
+        return f"flaky://{tmp_path}/shelf"
     endpoint = request.getfixturevalue("s3_endpoint")
     return f"s3://{new_bucket(endpoint)}/team/shelf"
 

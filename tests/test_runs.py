@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import modelshelf as ms
+from conftest import CHILD_PRELUDE
 
 
 def _write(path: Path, text: str) -> Path:
@@ -167,7 +168,7 @@ def test_sigkilled_run_is_crashed(shelf_url: str) -> None:
     if shelf_url.startswith("memory://"):
         pytest.skip("a memory:// shelf lives in one process")
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, shelf_url], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CHILD_PRELUDE + RUNNER, shelf_url], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     run_id = proc.stdout.readline().strip()

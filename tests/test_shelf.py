@@ -321,6 +321,10 @@ def test_https_reference(shelf: ms.Shelf, tmp_path: Path) -> None:
 
 
 def test_versions_sharing_files_share_cache_disk(shelf: ms.Shelf, files: Path) -> None:
+    try:
+        os.link(files / "config.json", files.parent / "probe")
+    except OSError:
+        pytest.skip("the cache shares disk through hard links, and this filesystem has none")
     a = shelf.log_artifact(files, name="m", type="model").download()
     (files / "config.json").write_text("{}")
     b = shelf.log_artifact(files, name="m", type="model").download()

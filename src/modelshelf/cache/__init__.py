@@ -16,6 +16,7 @@ from .._config import cache_dir
 from .._core import hashcache as _hashcache
 from .._errors import InvalidArgumentError
 from .._format.layout import CachePaths
+from .._storage.hashing import sha256_file
 
 __all__ = ["CacheInfo", "PruneReport", "info", "prune"]
 
@@ -69,7 +70,7 @@ def prune(max_bytes: int) -> PruneReport:
     total = sum(s for _, s, _ in blobs.values())
     used = _hashcache.last_used()
     order = sorted(blobs, key=lambda h: used.get(h, blobs[h][2]))
-    victims = []
+    victims: list[str] = []
     for h in order:
         if total <= max_bytes:
             break
@@ -78,11 +79,17 @@ def prune(max_bytes: int) -> PruneReport:
     if not victims:
         return PruneReport(0, 0, total)
     inodes = {os.stat(blobs[h][0]).st_ino for h in victims}
+    # Where the cache's filesystem has no hard links, version folders hold copies: a copy of
+    # the size of a victim is hashed to tell whether it is one.
+    sizes = {blobs[h][1] for h in victims}
     for folder in _version_dirs(root):
         for dirpath, _dirs, files in os.walk(folder):
             for name in files:
                 path = Path(dirpath) / name
-                if path.stat().st_ino in inodes:
+                st = path.stat()
+                if st.st_ino in inodes or (
+                    st.st_nlink == 1 and st.st_size in sizes and sha256_file(path) in victims
+                ):
                     path.unlink()
     freed = 0
     for h in victims:
