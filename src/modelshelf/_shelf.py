@@ -19,6 +19,8 @@ from ._features import diff as diffing
 from ._features import lineage as graph
 from ._features.copy import copy as copy_versions
 from ._features.diff import Diff
+from ._features.fsck import FsckReport
+from ._features.fsck import fsck as run_fsck
 from ._features.lineage import Lineage
 from ._features.runs import Run
 from ._format.names import LATEST, run_id_of, validate_alias, validate_name, validate_tag
@@ -234,6 +236,15 @@ class Shelf:
         Blobs held by a writer in flight, or younger than ``grace_period`` seconds, are kept.
         """
         return run_gc(self._repo, dry_run=dry_run, grace_period=grace_period)
+
+    def fsck(self, *, repair: bool = False) -> FsckReport:
+        """Check every record, manifest and blob of the shelf; report the damage per version.
+
+        ``repair=True`` sets the damage aside without deleting anything: damaged bytes move
+        under ``quarantine/``, torn records give way to void ones, and versions that lost bytes
+        are marked quarantined, so that gc works again. Run it while no one writes.
+        """
+        return run_fsck(self._repo, repair=repair)
 
     def copy(
         self, ref: str, to: Shelf | str | os.PathLike[str], *, aliases: bool = False

@@ -151,6 +151,7 @@ def _referenced(repo: Repository, report: GcReport) -> tuple[set[str], set[str]]
     record or manifest cannot be read go to ``report.damaged``."""
     blobs: set[str] = set()
     manifests: dict[str, str] = {}
+    set_aside: set[str] = set()  # manifests of versions fsck quarantined: kept, if readable
     for name in repo.artifacts():
         states = repo.labels.all_states(name)
 
@@ -158,13 +159,17 @@ def _referenced(repo: Repository, report: GcReport) -> tuple[set[str], set[str]]
             report.damaged.append(f"{name}:v{n}")  # being written, or torn: it may need any
 
         for n, record in repo.labels.versions_log(name).all(unreadable):
-            if not states.get(n, {}).get("deleted"):
+            state = states.get(n, {})
+            if not state.get("deleted") or state.get("quarantined"):
                 manifests.setdefault(str(record.get("manifest")), f"{name}:v{n}")
+            if state.get("quarantined"):
+                set_aside.add(str(record.get("manifest")))
     for hexdigest, ref in manifests.items():
         try:
             blobs |= repo.manifest(hexdigest).blob_hexes()
         except IntegrityError:
-            report.damaged.append(ref)
+            if hexdigest not in set_aside:  # known damage that fsck set aside blocks nothing
+                report.damaged.append(ref)
     return blobs, set(manifests)
 
 

@@ -331,8 +331,8 @@ class Repository:
         aliases = self.labels.alias_map(parsed.name)
         latest = self.latest(parsed.name)
         log = self.labels.versions_log(parsed.name)
-        if latest is None:
-            head, _ = log.head()
+        head = log.head()[0] if latest is None else latest
+        if latest is None and not (parsed.version is not None and parsed.version <= head):
             if head >= 0:
                 raise NotFoundError(
                     f"Every version of {parsed.name!r} (v0 to v{head}) was deleted; log a new "
@@ -343,6 +343,7 @@ class Repository:
         if parsed.version is not None:
             number = parsed.version
         elif parsed.alias == LATEST:
+            assert latest is not None  # else refused above
             number = latest
         elif parsed.alias in aliases:
             number = aliases[parsed.alias]
@@ -357,9 +358,16 @@ class Repository:
         state = self.labels.state(parsed.name, number, record) if record else None
         if record is None or state is None or state.get("deleted"):
             gone = "was deleted" if record is not None else "does not exist"
+            if state and state.get("quarantined"):
+                gone = f"was set aside by `modelshelf fsck --repair` ({state['quarantined']})"
             raise NotFoundError(
-                f"{parsed.name}:v{number} {gone}. The newest version of {parsed.name!r} is "
-                f"v{latest}; aliases: {', '.join(sorted({LATEST, *aliases}))}.",
+                f"{parsed.name}:v{number} {gone}. "
+                + (
+                    f"The newest version of {parsed.name!r} is v{latest}; aliases: "
+                    f"{', '.join(sorted({LATEST, *aliases}))}."
+                    if latest is not None
+                    else f"No version of {parsed.name!r} is left."
+                ),
                 ref=str(ref),
             )
         return self._version(parsed.name, number, record, state, aliases, latest)
@@ -373,7 +381,7 @@ class Repository:
         aliases: dict[str, int],
         latest: int | None,
     ) -> ArtifactVersion:
-        _check_commit_record(name, n, record)
+        check_commit_record(name, n, record)
         names = [a for a, v in aliases.items() if v == n]
         if n == latest:
             names.append(LATEST)
@@ -458,7 +466,7 @@ class Repository:
         return Manifest.from_bytes(data, self.storage.describe(key))
 
 
-def _check_commit_record(name: str, n: int, record: Record) -> None:
+def check_commit_record(name: str, n: int, record: Record) -> None:
     """A commit record read from the shelf holds what its key says, in the shapes readers use:
     its name, number, digests and run id name files and folders, so they are checked first."""
     ref = f"{name}:v{n}"

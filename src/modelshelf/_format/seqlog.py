@@ -13,7 +13,9 @@ a slot can hold a record that does not decode: one still being written, or one a
 Such a slot counts as taken (the head is past it) but holds nothing: readers see the newest
 record that decodes, and a writer waits until the slot decodes or is *settled*, unchanged for
 ``TORN_AFTER_SECONDS``, and then appends after it. A torn record is a change that never
-happened, as when the writer had crashed a moment earlier.
+happened, as when the writer had crashed a moment earlier. ``modelshelf fsck --repair``
+replaces a settled torn record by a *void* record (``{"void": <why>, ...}``), which every
+reader skips the same way, without waiting.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ _MAX_TRIES = 200
 #: A record that does not decode and has not changed for this long was torn by a crash: no
 #: writer takes seconds over a few kilobytes.
 TORN_AFTER_SECONDS = 30.0
+
+#: The key of a void record: a slot that holds nothing (a torn record set aside by fsck).
+VOID = "void"
 
 
 def settled(storage: Storage, key: str, first_seen: dict[str, tuple[float, int]]) -> bool:
@@ -71,10 +76,17 @@ class SeqLog:
     def key(self, n: int) -> str:
         return record_key(self.prefix, n)
 
-    def get(self, n: int) -> Record | None:
-        """Record ``n``, or None if there is none; UnreadableRecord if it does not decode."""
+    def raw(self, n: int) -> Record | None:
+        """Record ``n`` as stored (void records included), or None if there is none;
+        UnreadableRecord if it does not decode."""
         data = self.storage.try_read(self.key(n))
         return None if data is None else loads(data, self.storage.describe(self.key(n)))
+
+    def get(self, n: int) -> Record | None:
+        """Record ``n``, or None if there is none or it is void; UnreadableRecord if it does
+        not decode."""
+        record = self.raw(n)
+        return None if record is None or VOID in record else record
 
     def readable(self, n: int) -> Record | None:
         """Record ``n`` if it is there and decodes, else None."""
@@ -84,12 +96,21 @@ class SeqLog:
             return None
 
     def slot(self, n: int) -> tuple[bool, Record | None]:
-        """Whether slot ``n`` is taken, and its record when it decodes."""
+        """Whether slot ``n`` is taken, and its record when it decodes and is not void."""
         try:
-            record = self.get(n)
+            record = self.raw(n)
         except UnreadableRecord:
             return True, None
-        return record is not None, record
+        if record is None:
+            return False, None
+        return True, None if VOID in record else record
+
+    def _void(self, n: int) -> bool:
+        try:
+            record = self.raw(n)
+        except UnreadableRecord:
+            return False
+        return record is not None and VOID in record
 
     def _read_hint(self) -> int:
         if not self.hint:
@@ -164,14 +185,16 @@ class SeqLog:
         first_seen: dict[str, tuple[float, int]] = {}
         while attempt < _MAX_TRIES:
             n, head = self._head()
-            if head is None and n >= 0:
-                if not settled(self.storage, self.key(n), first_seen):
-                    time.sleep(0.05)  # being written by another writer: wait for it
-                    continue
-                logger.warning(
-                    "%s was torn by a crash; it is skipped (modelshelf fsck lists such records)",
-                    self.storage.describe(self.key(n)),
-                )
+            if head is None and n >= 0:  # the head slot holds nothing that decodes
+                if not self._void(n):
+                    if not settled(self.storage, self.key(n), first_seen):
+                        time.sleep(0.05)  # being written by another writer: wait for it
+                        continue
+                    logger.warning(
+                        "%s was torn by a crash; it is skipped (`modelshelf fsck --repair` "
+                        "sets it aside)",
+                        self.storage.describe(self.key(n)),
+                    )
                 head = self._newest_readable(n - 1)
             record = make(n + 1, head)
             if record is None:
@@ -204,7 +227,9 @@ class SeqLog:
             n = numbers[key]
             if n is not None and key in got:
                 try:
-                    out.append((n, loads(got[key], self.storage.describe(key))))
+                    record = loads(got[key], self.storage.describe(key))
+                    if VOID not in record:
+                        out.append((n, record))
                 except UnreadableRecord as exc:
                     logger.debug("%s", exc)
                     if unreadable is not None:

@@ -247,6 +247,11 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(key))
 
+    def move(self, key: str, new_key: str) -> None:
+        """Move the bytes at ``key`` to ``new_key`` (fsck's quarantine; never a record's key)."""
+        self._parent(new_key)
+        self.fs.mv(self.path(key), self.path(new_key))
+
     def delete_many(self, keys: Iterable[str]) -> None:
         paths = [self.path(k) for k in keys]
         if paths:

@@ -169,6 +169,11 @@ class LocalStorage(Storage):
     def delete(self, key: str) -> None:
         (self._local(key)).unlink(missing_ok=True)
 
+    def move(self, key: str, new_key: str) -> None:
+        final = self._local(new_key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._local(key), final)
+
     def delete_many(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.delete(key)

@@ -394,6 +394,26 @@ def gc(
 
 
 @app.command()
+def fsck(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Set the damage aside (moves, never deletes).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every record, manifest and blob; report the damage per version.
+
+    Exits with status 1 while damage is left.
+    """
+    report = _shelf().fsck(repair=repair)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        out.print(str(report), markup=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def copy(
     ref: str,
     to: Annotated[str, typer.Option("--to", help="Target shelf path or URL.")],
