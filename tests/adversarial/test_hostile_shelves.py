@@ -190,3 +190,32 @@ def test_copying_a_version_whose_blob_is_missing_is_an_integrity_error(
         shelf.copy("m", tmp_path / "target")
     with pytest.raises(ms.NotFoundError):  # nothing was committed there
         ms.Shelf(tmp_path / "target").get("m")
+
+
+def test_a_file_reference_this_machine_did_not_log_needs_an_opt_in(
+    shelf: ms.Shelf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = tmp_path / "home"
+    secrets.mkdir()
+    (secrets / "id_rsa").write_bytes(b"private key")
+    (secrets / "link").symlink_to(tmp_path / "elsewhere.txt")
+    (tmp_path / "elsewhere.txt").write_bytes(b"outside the trusted folder")
+    v = shelf.log_artifact(ms.Artifact("ref", "dataset").add_reference(f"file://{secrets}/id_rsa"))
+    other = shelf.log_artifact(
+        ms.Artifact("via-link", "dataset").add_reference(f"file://{secrets}/link")
+    )
+    assert (v.download() / "id_rsa").read_bytes() == b"private key"  # this machine logged it
+
+    # The same shelf read on a machine that did not log these references.
+    monkeypatch.setenv("MODELSHELF_CACHE", str(tmp_path / "another-machine"))
+    fresh = ms.Shelf(shelf.url)
+    for ref in ("ref:v0", "via-link:v0"):
+        with pytest.raises(ms.UnsafeLoadError, match="MODELSHELF_TRUSTED_PATHS"):
+            fresh.get(ref).download()
+        with pytest.raises(ms.UnsafeLoadError, match="did not log"):
+            fresh.get(ref).verify()
+    assert not any(p.is_file() for p in (tmp_path / "another-machine").rglob("*/ref/*"))
+    monkeypatch.setenv("MODELSHELF_TRUSTED_PATHS", str(secrets))
+    assert (fresh.get("ref:v0").download() / "id_rsa").read_bytes() == b"private key"
+    with pytest.raises(ms.UnsafeLoadError):  # a symbolic link out of the trusted folder
+        fresh.get(other.ref).download()

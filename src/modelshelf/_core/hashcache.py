@@ -40,6 +40,7 @@ def _connect() -> sqlite3.Connection | None:
             " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
         )
         conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
+        conn.execute("CREATE TABLE IF NOT EXISTS logged_refs (uri TEXT PRIMARY KEY, at REAL)")
     except (OSError, sqlite3.Error):
         return None  # no writable cache: hash every time
     _CONNECTIONS[key] = conn
@@ -123,6 +124,31 @@ def mark_used(digests: list[str]) -> None:
                 conn.executemany(
                     "INSERT OR REPLACE INTO used VALUES (?, ?)", [(d, at) for d in digests]
                 )
+
+
+def remember_references(uris: list[str]) -> None:
+    """Record ``file://`` references this machine logged (they may be followed on download)."""
+    at = time.time()
+    with _LOCK:
+        conn = _connect()
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO logged_refs VALUES (?, ?)", [(u, at) for u in uris]
+                )
+
+
+def logged_reference(uri: str) -> bool:
+    """Whether this machine logged the reference ``uri``."""
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return False
+        try:
+            row = conn.execute("SELECT 1 FROM logged_refs WHERE uri=?", (uri,)).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None
 
 
 def last_used() -> dict[str, float]:

@@ -7,6 +7,7 @@ with ``checksum=True``, the sha256 of the bytes. ``download`` fetches and checks
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterator
 from typing import Any
@@ -14,9 +15,19 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from .._errors import IntegrityError, InvalidReferenceError, MissingDependencyError, NotFoundError
+from .._errors import (
+    IntegrityError,
+    InvalidReferenceError,
+    MissingDependencyError,
+    NotFoundError,
+    UnsafeLoadError,
+)
 from .._format.manifest import FileEntry
 from .._storage.hashing import hash_chunks, reader_chunks
+from . import hashcache
+
+#: Folders whose files ``file://`` references logged elsewhere may name (os.pathsep-separated).
+TRUSTED_PATHS_ENV = "MODELSHELF_TRUSTED_PATHS"
 
 _EXTRAS = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
 SUPPORTED = ("file", "s3", "gs", "gcs", "http", "https", "memory")
@@ -71,8 +82,33 @@ def scan(uri: str, name: str | None, checksum: bool) -> dict[str, FileEntry]:
         for p, finfo in files:
             rel = _strip(fs, p)[len(root) + 1 :]
             out[f"{base_name}/{rel}"] = _entry(fs, p, fs.unstrip_protocol(p), finfo, checksum)
-        return out
-    return {base_name: _entry(fs, path, uri, info, checksum)}
+    else:
+        out = {base_name: _entry(fs, path, uri, info, checksum)}
+    local = [e.ref["uri"] for e in out.values() if e.ref and _is_local(e.ref["uri"])]
+    if local:
+        hashcache.remember_references(local)
+    return out
+
+
+def _is_local(uri: str) -> bool:
+    return urlparse(uri).scheme in ("file", "local")
+
+
+def _check_local(relpath: str, uri: str, path: str) -> None:
+    """A ``file://`` reference names a file of *this* machine. One that this machine did not
+    log (a shelf someone else wrote) is followed only inside MODELSHELF_TRUSTED_PATHS."""
+    if hashcache.logged_reference(uri):
+        return
+    real = os.path.realpath(path)
+    for base in os.environ.get(TRUSTED_PATHS_ENV, "").split(os.pathsep):
+        if base and (real + os.sep).startswith(os.path.realpath(base).rstrip(os.sep) + os.sep):
+            return
+    raise UnsafeLoadError(
+        f"The reference {relpath!r} points to {uri!r}, a file on this machine that this machine "
+        "did not log: a shelf someone else wrote could name any of your files. If you trust "
+        f"it, add its folder to {TRUSTED_PATHS_ENV} (paths separated by {os.pathsep!r}).",
+        path=relpath,
+    )
 
 
 def _entry(
@@ -106,6 +142,8 @@ def _current(
     assert entry.ref is not None
     uri = entry.ref["uri"]
     fs, path = _fs(uri)
+    if _is_local(uri):
+        _check_local(relpath, uri, path)
     try:
         fs.invalidate_cache(path)
         info = fs.info(path)
