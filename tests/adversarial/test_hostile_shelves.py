@@ -219,3 +219,50 @@ def test_a_file_reference_this_machine_did_not_log_needs_an_opt_in(
     assert (fresh.get("ref:v0").download() / "id_rsa").read_bytes() == b"private key"
     with pytest.raises(ms.UnsafeLoadError):  # a symbolic link out of the trusted folder
         fresh.get(other.ref).download()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"started_at": "yesterday"},
+        {"started_at": None},
+        {"id": "20200101-000000-aaaaaa"},
+        {"config": ["not", "a", "dict"]},
+        {"job_type": 7},
+    ],
+)
+def test_odd_run_records_are_integrity_errors(
+    shelf: ms.Shelf, tmp_path: Path, change: dict[str, object]
+) -> None:
+    with shelf.run() as run:
+        pass
+    storage = shelf.repository.storage
+    key = f"runs/{run.id}/run.json"
+    storage.replace(key, dumps({**loads(storage.read(key), key), **change}))
+    fresh = ms.Shelf(shelf.url)
+    with pytest.raises(ms.IntegrityError, match="run record"):
+        fresh.get_run(run.id)
+    with pytest.raises(ms.IntegrityError, match="run record"):
+        fresh.runs()
+
+
+def test_odd_heartbeats_and_alias_events_are_read_safely(
+    shelf: ms.Shelf, logged: ms.ArtifactVersion
+) -> None:
+    storage = shelf.repository.storage
+    run_id = logged.run_id
+    assert run_id is not None
+    record = loads(storage.read(f"runs/{run_id}/run.json"), "run")
+    record["environment"] = {"host": "elsewhere", "pid": "v1"}
+    storage.replace(f"runs/{run_id}/run.json", dumps(record))
+    storage.delete(f"runs/{run_id}/end.json")
+    storage.replace(f"runs/{run_id}/heartbeat", b"\xff not a time")
+    # An unreadable heartbeat reads as absent: the run counts from its start, moments ago.
+    assert ms.Shelf(shelf.url).get_run(run_id).status == "running"
+    logged.set_alias("best")
+    log = SeqLog(storage, ArtifactKeys("m").aliases)
+    n, head = log.head()
+    assert head is not None
+    storage.create(log.key(n + 1), dumps({**head, "events": [{"alias": "x", "to": "v1"}]}))
+    with pytest.raises(ms.IntegrityError, match="alias record"):
+        ms.Shelf(shelf.url).alias_history("m")

@@ -30,7 +30,15 @@ from .._errors import IntegrityError
 from .._format.layout import BLOBS, GC, LEASES, MANIFESTS, ROOT_RECORD, TMP, GcKeys
 from .._format.layout import manifest_hex as manifest_hex_of
 from .._format.manifest import HEX_RE
-from .._format.records import GcRecord, isoformat, loads, now, parse_time, writer_info
+from .._format.records import (
+    GcRecord,
+    isoformat,
+    loads,
+    now,
+    parse_beat,
+    parse_time,
+    writer_info,
+)
 from .._format.seqlog import SeqLog
 from .._storage import Storage
 
@@ -53,12 +61,11 @@ def _gc_over(storage: Storage, log: SeqLog, k: int) -> bool:
     taken, record = log.slot(k)
     if not taken or storage.exists(GcKeys(k).done):
         return True
-    beat = storage.try_read(GcKeys(k).beat)
-    if beat:
-        last = parse_time(beat.decode())
-    elif record is not None:
-        last = parse_time(record["started_at"])
-    else:  # its record is being written, or was torn by a crash: as old as the key
+    last = parse_beat(storage.try_read(GcKeys(k).beat))
+    if last is None and record is not None:
+        started = record.get("started_at")
+        last = parse_beat(started.encode()) if isinstance(started, str) else None
+    if last is None:  # a record being written, torn or malformed: as old as its key
         try:
             last = storage.modified(log.key(k)) or now()
         except FileNotFoundError:

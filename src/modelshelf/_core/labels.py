@@ -32,6 +32,12 @@ from .._format.seqlog import SeqLog
 from .._storage import Storage
 
 
+def _version_or_none(value: object) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError(f"not a version number: {value!r:.40}")
+
+
 class AliasEvent(NamedTuple):
     """One move of an alias: it pointed to ``version`` (None: removed) from ``at`` on."""
 
@@ -185,22 +191,32 @@ class Labels:
         ``latest`` moves with each new version; its history is derived from the versions.
         """
         events = []
-        for _n, record in SeqLog(self.storage, ArtifactKeys(name).aliases).all():
-            for e in record.get("events", []):
-                if alias is None or e["alias"] == alias:
-                    events.append(
-                        AliasEvent(
-                            e["alias"], e["to"], parse_time(e["at"]), e.get("run_id"), e["from"]
-                        )
-                    )
+        log = SeqLog(self.storage, ArtifactKeys(name).aliases)
+        for k, record in log.all():
+            try:
+                for e in record.get("events", []):
+                    if alias is None or e["alias"] == alias:
+                        events.append(
+                            AliasEvent(
+                                str(e["alias"]), _version_or_none(e["to"]), parse_time(e["at"]),
+                                e.get("run_id"), _version_or_none(e["from"]),
+                            )
+                        )  # fmt: skip
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise IntegrityError(
+                    f"The alias record {self.storage.describe(log.key(k))} is malformed; the "
+                    "shelf was edited by hand or tampered with."
+                ) from None
         if alias in (None, LATEST):
             previous = None
-            for _n, rec in self.versions_log(name).all():
-                n = int(rec["version"])
-                events.append(
-                    AliasEvent(
-                        LATEST, n, parse_time(rec["created_at"]), rec.get("run_id"), previous
-                    )
-                )
+            for n, rec in self.versions_log(name).all():
+                try:
+                    at = parse_time(rec["created_at"])
+                except (KeyError, TypeError, ValueError):
+                    raise IntegrityError(
+                        f"The commit record of {name}:v{n} has no valid created_at time; the "
+                        "shelf was edited by hand or tampered with."
+                    ) from None
+                events.append(AliasEvent(LATEST, n, at, rec.get("run_id"), previous))
                 previous = n
         return sorted(events, key=lambda e: e.at)

@@ -35,7 +35,13 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConflictError, InvalidArgumentError, InvalidMetadataError, NotFoundError
+from .._errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidMetadataError,
+    NotFoundError,
+)
 from .._format.layout import RUNS, RunKeys
 from .._format.names import RUN_ID_RULE, is_run_id, validate_name
 from .._format.records import (
@@ -46,6 +52,7 @@ from .._format.records import (
     isoformat,
     loads,
     now,
+    parse_beat,
     parse_time,
 )
 from .._format.seqlog import SeqLog
@@ -133,6 +140,31 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _checked(record: dict[str, Any], run_id: str, where: str) -> dict[str, Any]:
+    """A run record read from the shelf, checked for the shapes readers use."""
+
+    def bad(what: str) -> IntegrityError:
+        return IntegrityError(
+            f"The run record {where} {what}; the shelf was edited by hand or tampered with."
+        )
+
+    if record.get("id") != run_id:
+        raise bad(f"names the run {record.get('id')!r:.80}, not {run_id!r}")
+    for key in ("name", "project"):
+        if not isinstance(record.get(key), (str, type(None))):
+            raise bad(f"has a {key} that is not a string")
+    if not isinstance(record.get("job_type", "train"), str):
+        raise bad("has a job_type that is not a string")
+    for key in ("config", "environment"):
+        if not isinstance(record.get(key, {}), dict):
+            raise bad(f"has a {key} that is not an object")
+    try:
+        parse_time(record["started_at"])
+    except (KeyError, TypeError, ValueError):
+        raise bad("has no valid started_at time") from None
+    return record
+
+
 class Run:
     """One job (training, evaluation, ...): its config, metrics, inputs and outputs.
 
@@ -211,10 +243,11 @@ class Run:
         if self._live:
             return "running"
         env = self._record.get("environment", {})
-        if env.get("host") == socket.gethostname() and env.get("pid"):
-            return "running" if _alive(int(env["pid"]), env.get("pid_start")) else "crashed"
+        pid = env.get("pid")
+        if env.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+            return "running" if _alive(pid, env.get("pid_start")) else "crashed"
         beat = self._storage.try_read(self._keys.heartbeat)
-        last = parse_time(beat.decode()) if beat else self.started_at
+        last = parse_beat(beat) or self.started_at
         age = (now() - last).total_seconds()
         return "running" if age < STALE_SECONDS else "crashed"
 
@@ -363,7 +396,8 @@ class Run:
                 f"No run {run_id!r} on {repo.url}. Recent runs: {', '.join(recent) or 'none'}.",
                 ref=run_id,
             )
-        run = cls(repo, loads(data, run_id))
+        where = repo.storage.describe(RunKeys(run_id).record)
+        run = cls(repo, _checked(loads(data, where), run_id, where))
         run._load_summary()
         return run
 
@@ -385,7 +419,7 @@ class Run:
             if data is None:
                 continue
             try:
-                run = cls(repo, loads(data, i))
+                run = cls(repo, _checked(loads(data, key), i, repo.storage.describe(key)))
             except UnreadableRecord as exc:  # being written, or torn by a crash
                 logger.debug("%s", exc)
                 continue

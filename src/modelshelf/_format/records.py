@@ -199,6 +199,18 @@ def parse_time(text: str) -> _dt.datetime:
     return _dt.datetime.fromisoformat(text)
 
 
+def parse_beat(data: bytes | None) -> _dt.datetime | None:
+    """The time in a heartbeat file, or None if there is none that parses (a heartbeat is a
+    hint: a damaged one reads as absent)."""
+    if not data:
+        return None
+    try:
+        when = parse_time(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
+
+
 def writer_info() -> WriterInfo:
     """Who wrote a record: host, process and user (for audit and crash detection)."""
     try:
