@@ -27,9 +27,13 @@ from make_shelf_v1 import (  # noqa: E402
 
 
 @pytest.fixture
-def old(tmp_path: Path) -> ms.Shelf:
-    """A copy of the committed format-1 shelf, and the file its reference points to."""
+def old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ms.Shelf:
+    """A copy of the committed format-1 shelf, and the file its reference points to.
+
+    The shelf was written on another machine, so its file:// reference is trusted explicitly.
+    """
     shutil.copytree(DATA / "shelf-v1", tmp_path / "shelf")
+    monkeypatch.setenv("MODELSHELF_TRUSTED_PATHS", str(REFERENCE.parent))
     REFERENCE.write_bytes(REFERENCE_TEXT)
     os.utime(REFERENCE, (REFERENCE_MTIME, REFERENCE_MTIME))
     return ms.Shelf(tmp_path / "shelf")
