@@ -114,28 +114,27 @@ def forget(path: str | os.PathLike[str]) -> None:
                 conn.execute("DELETE FROM hashes WHERE path=?", (os.path.realpath(path),))
 
 
-def mark_used(digests: list[str]) -> None:
-    """Record that cached blobs were just used (for least-recently-used pruning)."""
+def _stamp(table: str, keys: list[str]) -> None:
+    """Record ``keys`` in ``table`` (``used`` or ``logged_refs``) with the time now."""
     at = time.time()
     with _LOCK:
         conn = _connect()
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.executemany(
-                    "INSERT OR REPLACE INTO used VALUES (?, ?)", [(d, at) for d in digests]
+                    f"INSERT OR REPLACE INTO {table} VALUES (?, ?)",
+                    [(k, at) for k in keys],
                 )
+
+
+def mark_used(digests: list[str]) -> None:
+    """Record that cached blobs were just used (for least-recently-used pruning)."""
+    _stamp("used", digests)
 
 
 def remember_references(uris: list[str]) -> None:
     """Record ``file://`` references this machine logged (they may be followed on download)."""
-    at = time.time()
-    with _LOCK:
-        conn = _connect()
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.executemany(
-                    "INSERT OR REPLACE INTO logged_refs VALUES (?, ?)", [(u, at) for u in uris]
-                )
+    _stamp("logged_refs", uris)
 
 
 def logged_reference(uri: str) -> bool:

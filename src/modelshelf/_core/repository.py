@@ -148,13 +148,10 @@ class Repository:
                 if wait and not settled(self.storage, key, first_seen):
                     time.sleep(0.05)
                     continue
-            for _n, record in self.labels.versions_log(name).all()[:1]:
-                info: ArtifactInfo = {
-                    "name": name, "type": str(record["type"]), "created_at": record["created_at"]
-                }  # fmt: skip
-                break
-            else:
+            versions = self.labels.versions_log(name).all()
+            if not versions:
                 return None
+            info = info_from_commit(name, versions[0][1])
             if wait:  # write again what the torn record had to say
                 self.storage.replace(key, dumps(info))
             return dict(info)
@@ -464,6 +461,12 @@ class Repository:
                 "changed after it was written."
             )
         return Manifest.from_bytes(data, self.storage.describe(key))
+
+
+def info_from_commit(name: str, record: Record) -> ArtifactInfo:
+    """``artifact.json`` as the first commit record of ``name`` tells it (when the record
+    itself was torn)."""
+    return {"name": name, "type": str(record["type"]), "created_at": record["created_at"]}
 
 
 def check_commit_record(name: str, n: int, record: Record) -> None:

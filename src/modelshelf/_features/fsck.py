@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._config import FORMAT_VERSION
 from .._core.labels import initial_state
-from .._core.repository import check_commit_record
+from .._core.repository import check_commit_record, info_from_commit
 from .._errors import IntegrityError
 from .._format import seqlog
 from .._format.layout import (
@@ -177,7 +177,7 @@ class _Fsck:
         age = (now() - modified).total_seconds() if modified is not None else None
         return age is None or age > seqlog.TORN_AFTER_SECONDS
 
-    def void(self, key: str, why: str) -> None:
+    def void(self, key: str, why: str, problem: Problem) -> None:
         """Set a log record aside: its bytes to quarantine, a void record in its slot."""
         data = self.storage.try_read(key)
         if data is not None:
@@ -185,6 +185,7 @@ class _Fsck:
             self.report.quarantine = self.storage.describe(self.folder)
         record = {VOID: why, "at": isoformat(now()), "by": writer_info()}
         self.storage.replace(key, dumps(record))
+        problem.repaired = "moved to quarantine; a void record holds its slot"
 
     # -- the parts -------------------------------------------------------------------------
     def run(self) -> FsckReport:
@@ -260,20 +261,15 @@ class _Fsck:
             ref = ref_of(n) if ref_of else None
             try:
                 record = log.raw(n)
-            except UnreadableRecord as exc:
-                if not self.settled(key):
+            except IntegrityError as exc:
+                torn = isinstance(exc, UnreadableRecord)
+                if torn and not self.settled(key):
                     self.report.checked["records being written (left alone)"] += 1
                     continue
-                p = self.problem(TORN, key, str(exc), ref)
+                p = self.problem(TORN if torn else BAD_RECORD, key, str(exc), ref)
                 if self.report.repair:
-                    self.void(key, "torn record set aside by fsck")
-                    p.repaired = "moved to quarantine; a void record holds its slot"
-                continue
-            except IntegrityError as exc:
-                p = self.problem(BAD_RECORD, key, str(exc), ref)
-                if self.report.repair:
-                    self.void(key, "damaged record set aside by fsck")
-                    p.repaired = "moved to quarantine; a void record holds its slot"
+                    why = "torn" if torn else "damaged"
+                    self.void(key, f"{why} record set aside by fsck", p)
                 continue
             if record is None:
                 p = self.problem(MISSING_RECORD, key, f"record {n} of {head} is missing", ref)
@@ -299,9 +295,8 @@ class _Fsck:
             if self.report.repair:
                 if present:
                     self.move_aside(keys.info)
-                first = versions[min(versions)]
-                fields = {"name": name, "type": first["type"], "created_at": first["created_at"]}
-                self.storage.replace(keys.info, dumps(fields))
+                rebuilt = info_from_commit(name, versions[min(versions)])
+                self.storage.replace(keys.info, dumps(rebuilt))
                 p.repaired = "written again from the first version's commit record"
         self.log(keys.aliases, None)
         states = {}
@@ -318,8 +313,7 @@ class _Fsck:
                 key = record_key(keys.versions, n)
                 p = self.problem(BAD_RECORD, key, str(exc), ref)
                 if self.report.repair:
-                    self.void(key, "damaged commit record set aside by fsck")
-                    p.repaired = "moved to quarantine; a void record holds its slot"
+                    self.void(key, "damaged commit record set aside by fsck", p)
                 continue
             state = states.get(n, dict(initial_state(record)))
             if state.get("deleted") and not state.get("quarantined"):
