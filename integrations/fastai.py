@@ -25,6 +25,8 @@ from fastai.torch_core import rank_distrib  # noqa: E402
 from modelshelf._models.fastai import learner_settings  # noqa: E402
 from modelshelf._training.torch_state import load_resume, model_parts  # noqa: E402
 
+DEFAULT_MONITOR = "valid_loss"  # as fastai's SaveModelCallback
+
 
 def _plain(value: Any) -> Any:
     """A numpy scalar as a Python number (fit_one_cycle's schedules set the lr as one), so the
@@ -79,7 +81,9 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         allow_pickle: bool = False,
         **options: Any,
     ) -> None:
-        self.engine = CheckpointEngine(name, make_options(options), auto_mode=_fastai_mode)
+        self.engine = CheckpointEngine(
+            name, make_options(options, default_monitor=DEFAULT_MONITOR), auto_mode=_fastai_mode
+        )
         self.init_args, self.allow_pickle, self.skip_to = init_args, allow_pickle, 0
         self._skipper: _SkipDoneEpochs | None = None
 
@@ -151,4 +155,6 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         self.engine.end()
 
 
-ShelfCheckpoint.__init__.__signature__ = signature_with(ShelfCheckpoint.__init__)  # type: ignore[attr-defined]
+ShelfCheckpoint.__init__.__signature__ = signature_with(  # type: ignore[attr-defined]
+    ShelfCheckpoint.__init__, default_monitor=DEFAULT_MONITOR
+)

@@ -23,6 +23,8 @@ from modelshelf._training.options import make_options, signature_with
 
 keras = require("keras", "modelshelf.integrations.keras")
 
+DEFAULT_MONITOR = "val_loss"  # as keras.callbacks.ModelCheckpoint
+
 
 def _is_chief() -> bool:
     """Multi-worker training names its chief in TF_CONFIG; everything else is the chief."""
@@ -54,7 +56,10 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
     def __init__(self, name: str, **options: Any) -> None:
         super().__init__()
         self.engine = CheckpointEngine(
-            name, make_options(options), auto_mode=keras_like_mode, state_file=KERAS_FILE
+            name,
+            make_options(options, default_monitor=DEFAULT_MONITOR),
+            auto_mode=keras_like_mode,
+            state_file=KERAS_FILE,
         )
         self._resumed: Any = None
 
@@ -113,4 +118,6 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         self.engine.end()
 
 
-ShelfCheckpoint.__init__.__signature__ = signature_with(ShelfCheckpoint.__init__)  # type: ignore[attr-defined]
+ShelfCheckpoint.__init__.__signature__ = signature_with(  # type: ignore[attr-defined]
+    ShelfCheckpoint.__init__, default_monitor=DEFAULT_MONITOR
+)

@@ -82,6 +82,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         self.engine = CheckpointEngine(name, make_options(options), auto_mode=_lightning_mode)
         self.allow_pickle = allow_pickle
         self._last_step = -1
+        self._validated = False
 
     @property
     def state_key(self) -> str:
@@ -89,7 +90,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
 
     # -- fit starts: config, run, resume -------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self._last_step = -1
+        self._last_step, self._validated = -1, False
         if trainer.fast_dev_run:  # a smoke test: no run, resume or version (as ModelCheckpoint)
             return
         config = {
@@ -165,19 +166,17 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
     def _skip(self, trainer: Any) -> bool:
         return bool(trainer.fast_dev_run) or trainer.sanity_checking or trainer.state.fn != "fit"
 
-    def _on_train_epoch_end(self, trainer: Any) -> bool:
-        """Decide at train-epoch end when there is no validation loop (as ModelCheckpoint)."""
-        if trainer.check_val_every_n_epoch != 1:
-            return False
-        batches = trainer.num_val_batches
-        return (sum(batches) if isinstance(batches, list) else batches) == 0
-
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if not self._skip(trainer) and not self._on_train_epoch_end(trainer):
-            self._check(trainer, pl_module)
+        if not self._skip(trainer):
+            self._validated = True
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if not self._skip(trainer) and self._on_train_epoch_end(trainer):
+        # Decide once the epoch's training metrics are reduced (``*_epoch``), so a version's
+        # metrics are all of its own epoch; validation, when it runs, has run by now. An
+        # epoch without validation (check_val_every_n_epoch > 1) is checked only when there
+        # is no validation at all, as ModelCheckpoint does.
+        validated, self._validated = self._validated, False
+        if not self._skip(trainer) and (validated or not trainer.enable_validation):
             self._check(trainer, pl_module)
 
     def _check(self, trainer: Any, pl_module: Any) -> None:

@@ -11,17 +11,23 @@ import pytest
 import modelshelf as ms
 from modelshelf._core.sources import StreamedFile
 from modelshelf._training.engine import STATE_FILE, CheckpointEngine, Parts, scalar_metrics
-from modelshelf._training.options import CheckpointOptions, make_options
+from modelshelf._training.options import (
+    AUTO_KEEP_LAST,
+    CheckpointOptions,
+    keep_last_for,
+    make_options,
+)
 
 
-def snapshot(epoch: int, *, state: bool = True):  # type: ignore[no-untyped-def]
-    """The parts of one checkpoint: weights that differ per epoch, and a training state."""
+def snapshot(epoch: int, *, state: bool = True, of: object = None):  # type: ignore[no-untyped-def]
+    """The parts of one checkpoint: weights that differ per epoch (and per training ``of``),
+    and a training state."""
 
     def make() -> Parts:
         files = {}
         if state:
             files[STATE_FILE] = lambda path: path.write_text(json.dumps({"epoch": epoch}))
-        weights = f"weights of epoch {epoch}".encode()
+        weights = f"weights of epoch {epoch} of {of}".encode()
         return Parts({"w.bin": StreamedFile(lambda: [weights])}, {"format": "files"}, files)
 
     return make
@@ -38,7 +44,7 @@ def train(engine: CheckpointEngine, values: list[float], *, start: int = 0) -> N
             decision = engine.check(metrics)
             engine.commit(
                 decision, epoch=epoch, step=10 * (epoch + 1), metrics=metrics,
-                snapshot=snapshot(epoch),
+                snapshot=snapshot(epoch, of=values),
             )  # fmt: skip
     finally:
         engine.end()
@@ -170,10 +176,15 @@ def test_options_are_checked_once_with_clear_errors(options: dict[str, object], 
 
 def test_options_defaults() -> None:
     o = CheckpointOptions(monitor="val_loss")
-    assert (o.save, o.mode, o.every_n_epochs, o.keep_last, o.background) == (
-        "improved", "auto", 1, None, True,
+    assert (o.save, o.mode, o.every_n_epochs, o.keep_last, o.background, o.improve_on) == (
+        "improved", "auto", 1, "auto", True, "artifact",
     )  # fmt: skip
     assert CheckpointOptions().save == "all"
+    assert keep_last_for("auto", "val_loss") is None  # improvements only: all kept
+    assert keep_last_for("auto", None) == AUTO_KEEP_LAST == 3  # every epoch: bounded
+    assert keep_last_for(None, None) is None and keep_last_for(5, None) == 5
+    with pytest.raises(ms.InvalidArgumentError, match=r"improve_on='best'.*'artifact'.*'run'"):
+        make_options({"improve_on": "best"})
     assert CheckpointOptions(aliases=["latest", "best", "candidate"]).aliases == ["candidate"]
 
 
@@ -182,3 +193,98 @@ def test_scalar_metrics_keeps_single_numbers_only() -> None:
 
     values = {"a": 1, "b": np.float32(2.5), "c": np.array(3.0), "d": np.zeros(2), "e": "x"}
     assert scalar_metrics({**values, "f": None}) == {"a": 1.0, "b": 2.5, "c": 3.0}
+
+
+# -- best across trainings (improve_on) -----------------------------------------------------
+
+
+def test_a_worse_second_training_saves_nothing_and_best_stays(
+    shelf: ms.Shelf, caplog: pytest.LogCaptureFixture
+) -> None:
+    train(engine(shelf, monitor="val_loss"), [3.0, 1.0, 2.0])  # best 1.0 at epoch 1 (v1)
+    caplog.set_level("INFO", logger="modelshelf")
+    train(engine(shelf, monitor="val_loss"), [4.0, 2.5, 1.5])  # never beats 1.0
+    assert epochs(shelf) == [0, 1]
+    assert shelf.get("net:best").version == 1
+    assert "improving on net:v1 (val_loss=1, min), the best across trainings" in caplog.text
+    # A better third training goes on from there, and best moves to it.
+    train(engine(shelf, monitor="val_loss"), [0.9, 0.95, 0.5])
+    assert epochs(shelf) == [0, 1, 0, 2]
+    assert shelf.get("net:best").metadata["monitored_value"] == 0.5
+    assert shelf.get("net:best").metadata["best_so_far"] == 0.5
+    assert shelf.get("net:v2").metadata["improve_on"] == "artifact"
+
+
+def test_save_all_moves_best_only_past_the_artifacts_best(shelf: ms.Shelf) -> None:
+    train(engine(shelf, monitor="val_loss"), [1.0])  # v0
+    train(engine(shelf, monitor="val_loss", save="all"), [3.0, 0.5])  # v1 worse, v2 better
+    assert [v.metadata["improved"] for v in shelf.versions("net")] == [True, False, True]
+    assert shelf.get("net:best").version == 2
+
+
+def test_improve_on_run_compares_within_the_training_only(
+    shelf: ms.Shelf, caplog: pytest.LogCaptureFixture
+) -> None:
+    train(engine(shelf, monitor="val_loss"), [1.0])
+    caplog.set_level("INFO", logger="modelshelf")
+    train(engine(shelf, monitor="val_loss", improve_on="run"), [4.0, 5.0])
+    assert epochs(shelf) == [0, 0]  # its own first epoch improved on nothing
+    assert shelf.get("net:best").metadata["monitored_value"] == 4.0  # as before this option
+    assert "compared against this training's own best (improve_on='run')" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [({"monitor": "val_loss"}, {"monitor": "train_loss"}),  # another metric
+     ({"monitor": "val_loss", "mode": "min"}, {"monitor": "val_loss", "mode": "max"})],
+)  # fmt: skip
+def test_another_monitor_or_mode_warns_and_starts_fresh(
+    shelf: ms.Shelf, caplog: pytest.LogCaptureFixture, first: dict, second: dict
+) -> None:
+    train(engine(shelf, **first), [1.0])
+    train(engine(shelf, **second), [9.0])
+    assert "net:v0 (the current best) was chosen on 'val_loss'" in caplog.text
+    assert "starts fresh" in caplog.text
+    assert shelf.get("net:best").version == 1  # the new training's first epoch
+
+
+def test_the_first_training_says_there_is_no_best_yet(
+    shelf: ms.Shelf, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="modelshelf")
+    train(engine(shelf, monitor="val_loss"), [1.0, 0.5])
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "modelshelf: net: no best yet; the first val_loss (min) becomes best.",
+        "modelshelf: net:v0 saved (epoch 0, val_loss=1, best)",
+        "modelshelf: net:v1 saved (epoch 1, val_loss=0.5, best)",
+    ]
+
+
+def test_a_best_with_an_odd_monitored_value_is_not_trusted(shelf: ms.Shelf, tmp_path: Path) -> None:
+    (tmp_path / "w.bin").write_bytes(b"x")
+    shelf.log_artifact(  # as a hostile or hand-made version could be
+        tmp_path / "w.bin", "net", type="model", aliases=["best"],
+        metadata={"monitor": "val_loss", "mode": "min", "monitored_value": "0.0"},
+    )  # fmt: skip
+    train(engine(shelf, monitor="val_loss"), [3.0])
+    assert shelf.get("net:best").version == 1
+
+
+def test_no_monitor_keeps_the_newest_three_by_default(shelf: ms.Shelf) -> None:
+    train(engine(shelf), [5.0, 4.0, 3.0, 2.0, 1.0])
+    assert epochs(shelf) == [2, 3, 4]
+    train(engine(shelf, keep_last=None), [5.0, 4.0])  # explicitly unbounded
+    assert epochs(shelf) == [2, 3, 4, 0, 1]
+
+
+def test_a_default_monitor_that_is_not_logged_falls_back_to_saving_every_epoch(
+    shelf: ms.Shelf, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = CheckpointEngine("net", make_options({"shelf": shelf}, default_monitor="valid_loss"))
+    train(eng, [3.0, 2.0, 1.0, 0.5])  # logs val_loss and train_loss, not valid_loss
+    assert "the default monitor 'valid_loss' is not logged" in caplog.text
+    assert epochs(shelf) == [1, 2, 3]  # every epoch, the newest three kept
+    explicit = CheckpointEngine("other", make_options({"shelf": shelf, "monitor": "valid_loss"}))
+    with pytest.raises(ms.NotFoundError, match="no such metric"):
+        train(explicit, [1.0])

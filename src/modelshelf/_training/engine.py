@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,10 +26,35 @@ from .._format.names import run_id_of, validate_name
 from .._format.records import clean_metadata
 from .._models import log_parts
 from .._shelf import Shelf
-from .options import CheckpointOptions
+from .options import CheckpointOptions, keep_last_for
 from .writer import Writer
 
 logger = logging.getLogger("modelshelf")
+#: one line per saved version and one at fit start (shown even without logging set up)
+progress = logging.getLogger("modelshelf.progress")
+
+
+class _Console(logging.Handler):
+    """Prints the progress lines while the application has set up no logging (Lightning
+    does the same for its own messages); once it has, they reach its handlers instead.
+    Through ``tqdm.write`` when tqdm is loaded, so that a progress bar stays whole."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return  # propagated to the application's own handlers
+        try:
+            message = self.format(record)
+            tqdm = sys.modules.get("tqdm")
+            if tqdm is not None:
+                tqdm.tqdm.write(message, file=sys.stderr)
+            else:
+                sys.stderr.write(message + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+progress.setLevel(logging.INFO)
+progress.addHandler(_Console())
 
 STATE_FILE = "training-state.ckpt"
 
@@ -122,7 +148,9 @@ class CheckpointEngine:
         self.metadata: dict[str, Any] = options.metadata or {}
         self.monitor, self.mode, self.min_delta = options.monitor, options.mode, options.min_delta
         self.save = options.save
-        self.every_n_epochs, self.keep_last = options.every_n_epochs, options.keep_last
+        self.every_n_epochs = options.every_n_epochs
+        self.keep_last = keep_last_for(options.keep_last, options.monitor)
+        self.improve_on = options.improve_on
         self.save_weights_only, self.resume = options.save_weights_only, options.resume
         self.background = options.background
         self._shelf_arg, self.run = options.shelf, options.run
@@ -131,6 +159,7 @@ class CheckpointEngine:
         self._owned_run: Any = None
         self.best: float | None = None
         self.best_version: int | None = None
+        self._restored = False  # load_state_dict ran before begin (Lightning's ckpt_path)
         self.is_writer = True
         self._writer = Writer()
 
@@ -157,6 +186,86 @@ class CheckpointEngine:
             self._owned_run = self.run = self.shelf.run(job_type="train", config=recorded)
         else:
             self.run.update_config(recorded)
+        restored = (self.best, self.best_version) if self._restored else (None, None)
+        self.best = self.best_version = None
+        self._restored = False
+        self._start_from_artifact()
+        self.adopt_best(*restored)
+
+    def adopt_best(self, value: float | None, version: int | None) -> None:
+        """Take ``value`` (a best score restored from a checkpoint) if it beats the current
+        one: the artifact's best may have moved on since that checkpoint, or not."""
+        if value is None or self.monitor is None:
+            return
+        if self.best is None or (
+            value < self.best if self._resolved_mode() == "min" else value > self.best
+        ):
+            self.best, self.best_version = value, version
+
+    # -- what this training is compared against ------------------------------------------
+    def _start_from_artifact(self) -> None:
+        """Take the artifact's ``best`` as the score to beat (``improve_on="artifact"``) when
+        it was chosen on the same monitor and mode; say in one line what this fit is compared
+        against."""
+        name = self.name
+        if self.monitor is None:
+            kept = f"the newest {self.keep_last} kept" if self.keep_last else "all kept"
+            progress.info(
+                "modelshelf: %s: no monitor; every checked epoch is saved (%s).", name, kept
+            )
+            return
+        try:
+            mode = self._resolved_mode()
+        except InvalidArgumentError:
+            return  # the first check says so, after saying whether the metric exists at all
+        if self.improve_on == "run":
+            progress.info(
+                "modelshelf: %s: %s (%s) is compared against this training's own best "
+                "(improve_on='run').", name, self.monitor, mode,
+            )  # fmt: skip
+            return
+        found = self._artifact_best()
+        if found is None:
+            progress.info(
+                "modelshelf: %s: no best yet; the first %s (%s) becomes best.",
+                name, self.monitor, mode,
+            )  # fmt: skip
+            return
+        version, value, their_monitor, their_mode = found
+        if (their_monitor, their_mode) != (self.monitor, mode):
+            logger.warning(
+                "%s (the current best) was chosen on %r (%s); this training monitors %r (%s), "
+                "so it starts fresh: its first checked epoch becomes best.",
+                version.ref, their_monitor, their_mode, self.monitor, mode,
+            )  # fmt: skip
+            return
+        self.best, self.best_version = value, version.version
+        progress.info(
+            "modelshelf: %s: improving on %s (%s=%.4g, %s), the best across trainings.",
+            name, version.ref, self.monitor, value, mode,
+        )  # fmt: skip
+
+    def _artifact_best(self) -> tuple[Any, float, Any, Any] | None:
+        """The artifact's ``best`` with its monitored value, monitor and mode, or None."""
+        try:
+            version = self.shelf.get(f"{self.name}:best")
+        except NotFoundError:
+            return None
+        meta = version.metadata
+        value = meta.get("monitored_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            value = None
+        if value is None or not math.isfinite(value):
+            logger.warning(
+                "%s (the current best) records no monitored value; this training starts fresh.",
+                version.ref,
+            )
+            return None
+        monitor = meta.get("monitor")
+        mode = meta.get("mode")
+        if mode is None and isinstance(monitor, str):  # versions saved before "mode" was stored
+            mode = self._auto_mode(monitor) if self.mode == "auto" else self.mode
+        return version, float(value), monitor, mode
 
     def end(self, error: BaseException | None = None) -> None:
         """Fit ends: wait for every pending write; raise the first write error, if any."""
@@ -199,6 +308,8 @@ class CheckpointEngine:
 
     def decide(self, metrics: dict[str, float]) -> Decision:
         """Improve or not, save or not, from the metrics of the epoch just checked."""
+        if self.monitor is not None and self.monitor not in metrics and self._default_missing():
+            self._fall_back_to_no_monitor(metrics)
         if self.monitor is None:
             return Decision(save=True, improved=False, value=None, best=None)
         if self.monitor not in metrics:
@@ -221,6 +332,23 @@ class CheckpointEngine:
         return Decision(
             save=improved or self.save == "all", improved=improved, value=value, best=best
         )
+
+    def _default_missing(self) -> bool:
+        return self.options.monitor_defaulted and self.monitor == self.options.monitor
+
+    def _fall_back_to_no_monitor(self, metrics: dict[str, float]) -> None:
+        """The framework's default monitor was not logged (e.g. no validation data): save
+        every checked epoch instead, storage bounded, rather than fail the training."""
+        if self.options.save_given and self.save == "improved":
+            return  # save="improved" needs the metric: decide() raises, listing what exists
+        self.keep_last = keep_last_for(self.options.keep_last, None)
+        kept = f"the newest {self.keep_last} kept" if self.keep_last else "all kept"
+        logger.warning(
+            "ShelfCheckpoint(%r): the default monitor %r is not logged (metrics: %s); saving "
+            "every checked epoch instead (%s). Pass monitor= to choose the metric.",
+            self.name, self.monitor, ", ".join(sorted(metrics)) or "none", kept,
+        )  # fmt: skip
+        self.monitor, self.save = None, "all"
 
     def note(self, decision: Decision) -> None:
         """Adopt a decision (on every rank, before the state is captured: it holds the best)."""
@@ -255,6 +383,8 @@ class CheckpointEngine:
             "global_step": step,
             "metrics": {k: v for k, v in clean.items() if math.isfinite(v)},
             "monitor": self.monitor,
+            "mode": self._resolved_mode() if self.monitor is not None else None,
+            "improve_on": self.improve_on,
             "monitored_value": decision.value
             if decision.value is not None and math.isfinite(decision.value)
             else None,
@@ -271,6 +401,7 @@ class CheckpointEngine:
                     parts.cleanup()
             if decision.improved:
                 self.best_version = version.version
+            self._announce(version, meta, decision)
             if self.keep_last is not None and self.shelf.prune(self.name, keep_last=self.keep_last):
                 # Free the pruned bytes now, so storage stays bounded. No grace period is
                 # needed: writers in flight are protected by the lease/gc handshake.
@@ -280,6 +411,17 @@ class CheckpointEngine:
             self._writer.submit(write)
         else:
             write()
+
+    def _announce(self, version: Any, meta: dict[str, Any], decision: Decision) -> None:
+        shown = [f"epoch {meta['epoch']}"]
+        if self.monitor is not None:
+            value = meta["monitored_value"]
+            shown.append(
+                f"{self.monitor}={value:.4g}" if value is not None else f"{self.monitor}=nan"
+            )
+        if decision.improved:
+            shown.append("best")
+        progress.info("modelshelf: %s saved (%s)", version.ref, ", ".join(shown))
 
     def _write(self, parts: Parts, meta: dict[str, Any], aliases: list[str]) -> Any:
         with tempfile.TemporaryDirectory(prefix="modelshelf-ckpt-") as tmp:
@@ -309,13 +451,18 @@ class CheckpointEngine:
                 "save_weights_only=True). Resume needs full checkpoints: save_weights_only=False."
             )
         best = version.metadata.get("best_so_far")
-        self.best = float(best) if isinstance(best, (int, float)) else None
+        if isinstance(best, (int, float)) and not isinstance(best, bool) and math.isfinite(best):
+            self.adopt_best(float(best), None)
         return version
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "best": self.best, "best_version": self.best_version}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("monitor") == self.monitor:
-            self.best = state.get("best")
-            self.best_version = state.get("best_version")
+        best, version = state.get("best"), state.get("best_version")
+        if state.get("monitor") == self.monitor and isinstance(best, (int, float)):
+            self.best, self.best_version = (
+                float(best),
+                version if isinstance(version, int) else None,
+            )
+            self._restored = True

@@ -18,6 +18,9 @@ from .._format.records import clean_metadata
 
 MODES = ("auto", "min", "max")
 SAVES = ("improved", "all")
+IMPROVE_ON = ("artifact", "run")
+#: what ``keep_last="auto"`` keeps when nothing is monitored (every checked epoch is saved)
+AUTO_KEEP_LAST = 3
 
 
 @dataclasses.dataclass
@@ -26,12 +29,16 @@ class CheckpointOptions:
 
     Attributes:
         shelf: the Shelf or its URL (default: the default shelf).
-        monitor: the metric to improve; None saves every checked epoch.
+        monitor: the metric to improve; None saves every checked epoch. Each adapter has its
+            framework's default (Keras ``val_loss``, fastai ``valid_loss``, Lightning None).
         mode: ``"min"``, ``"max"`` or ``"auto"`` (told from the metric's name).
         min_delta: how much the monitored value must improve by.
         save: ``"improved"`` (default with a monitor) or ``"all"`` (default without).
         every_n_epochs: check every n-th epoch.
-        keep_last: keep only the newest n versions without aliases (and free their bytes).
+        keep_last: keep only the newest n versions without aliases (and free their bytes);
+            ``"auto"``: 3 when nothing is monitored, else all.
+        improve_on: ``"artifact"``: improve on the artifact's ``best`` across trainings (when
+            it was chosen on the same monitor and mode); ``"run"``: on this fit's own best.
         aliases: more aliases to set on each saved version.
         config: added to the run's recorded config.
         metadata: added to each version's metadata.
@@ -47,7 +54,7 @@ class CheckpointOptions:
     min_delta: float = 0.0
     save: str | None = None
     every_n_epochs: int = 1
-    keep_last: int | None = None
+    keep_last: int | str | None = "auto"
     aliases: Any = ()
     config: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
@@ -55,6 +62,11 @@ class CheckpointOptions:
     resume: bool = False
     background: bool = True
     run: Any = None
+    improve_on: str = "artifact"
+    #: set by ``make_options``: whether ``monitor`` is the adapter's default (not passed)
+    monitor_defaulted: bool = dataclasses.field(default=False, repr=False)
+    #: set by ``make_options``: whether ``save`` was passed (else it follows ``monitor``)
+    save_given: bool = dataclasses.field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.monitor is not None and not isinstance(self.monitor, str):
@@ -62,7 +74,13 @@ class CheckpointOptions:
         if self.mode not in MODES:
             raise InvalidArgumentError(f"mode={self.mode!r}: use 'auto', 'min' or 'max'.")
         if self.save is None:
+            self.save_given = False
             self.save = "improved" if self.monitor else "all"
+        if self.improve_on not in IMPROVE_ON:
+            raise InvalidArgumentError(
+                f"improve_on={self.improve_on!r}: use 'artifact' (the artifact's best, across "
+                "trainings) or 'run' (this training's own best)."
+            )
         if self.save not in SAVES:
             raise InvalidArgumentError(f"save={self.save!r}: use 'improved' or 'all'.")
         if self.save == "improved" and self.monitor is None:
@@ -71,11 +89,17 @@ class CheckpointOptions:
             raise InvalidArgumentError(
                 f"every_n_epochs must be an int >= 1, not {self.every_n_epochs!r}."
             )
-        if self.keep_last is not None and (
-            not isinstance(self.keep_last, int) or self.keep_last < 1
+        if (
+            self.keep_last is not None
+            and self.keep_last != "auto"
+            and (
+                not isinstance(self.keep_last, int)
+                or isinstance(self.keep_last, bool)
+                or self.keep_last < 1
+            )
         ):
             raise InvalidArgumentError(
-                f"keep_last must be None or an int >= 1, not {self.keep_last!r}."
+                f"keep_last must be 'auto', None or an int >= 1, not {self.keep_last!r}."
             )
         if not isinstance(self.min_delta, (int, float)) or self.min_delta < 0:
             raise InvalidArgumentError(f"min_delta must be a number >= 0, not {self.min_delta!r}.")
@@ -85,27 +109,51 @@ class CheckpointOptions:
         self.metadata = clean_metadata(self.metadata)
 
 
-def make_options(options: dict[str, Any]) -> CheckpointOptions:
-    """``CheckpointOptions(**options)``, with a clear error for a misspelt option."""
-    known = {f.name for f in dataclasses.fields(CheckpointOptions)}
+_INTERNAL = frozenset({"monitor_defaulted", "save_given"})
+
+
+def make_options(
+    options: dict[str, Any], *, default_monitor: str | None = None
+) -> CheckpointOptions:
+    """``CheckpointOptions(**options)``, with a clear error for a misspelt option;
+    ``default_monitor`` is the adapter's ``monitor`` when none is passed."""
+    known = {f.name for f in dataclasses.fields(CheckpointOptions)} - _INTERNAL
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidArgumentError(
             f"ShelfCheckpoint got unknown option(s) {', '.join(unknown)}; it takes "
             f"{', '.join(sorted(known))}."
         )
+    if "monitor" not in options:
+        return CheckpointOptions(
+            **options, monitor=default_monitor, monitor_defaulted=default_monitor is not None
+        )
     return CheckpointOptions(**options)
 
 
-def signature_with(init: Callable[..., Any], **extra: Any) -> inspect.Signature:
+def keep_last_for(keep_last: int | str | None, monitor: str | None) -> int | None:
+    """``keep_last`` with ``"auto"`` resolved: bounded when every epoch is saved."""
+    if keep_last == "auto":
+        return AUTO_KEEP_LAST if monitor is None else None
+    return keep_last  # type: ignore[return-value]
+
+
+def signature_with(
+    init: Callable[..., Any], *, default_monitor: str | None = None, **extra: Any
+) -> inspect.Signature:
     """``init``'s signature with ``**options`` spelt out: every CheckpointOptions field as a
-    keyword parameter with its default, then ``extra`` (an adapter's own options) likewise."""
+    keyword parameter with its default (``monitor``: the adapter's), then ``extra`` (an
+    adapter's own options) likewise."""
     own = [p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_KEYWORD]
     fields = [
         inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=default_monitor if f.name == "monitor" else f.default,
+            annotation=f.type,
         )
         for f in dataclasses.fields(CheckpointOptions)
+        if f.name not in _INTERNAL
     ]
     extras = [
         inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
