@@ -22,7 +22,7 @@ from fastai.callback.core import Callback, CancelEpochException  # noqa: E402
 from fastai.learner import Recorder, SkipToEpoch  # noqa: E402
 from fastai.torch_core import rank_distrib  # noqa: E402
 
-from modelshelf._models.fastai import learner_settings  # noqa: E402
+from modelshelf._models.fastai import fastai_recipe, learner_settings  # noqa: E402
 from modelshelf._training.torch_state import load_resume, model_parts  # noqa: E402
 
 DEFAULT_MONITOR = "valid_loss"  # as fastai's SaveModelCallback
@@ -61,6 +61,12 @@ class _SkipDoneEpochs(Callback):  # type: ignore[misc]
             raise CancelEpochException
 
 
+def _phase_of(source: Any) -> int:
+    """The fit (of fine_tune's) a resume source was saved in: 0 unless it says otherwise."""
+    phase = (source.state if hasattr(source, "state") else source.metadata).get("phase", 0)
+    return phase if isinstance(phase, int) and not isinstance(phase, bool) and phase >= 0 else 0
+
+
 class ShelfCheckpoint(Callback):  # type: ignore[misc]
     """Checkpoint to the artifact ``name`` after each checked epoch.
 
@@ -86,6 +92,13 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         )
         self.init_args, self.allow_pickle, self.skip_to = init_args, allow_pickle, 0
         self._skipper: _SkipDoneEpochs | None = None
+        # Fits of one learner with this callback (fine_tune's two): phase, and where its
+        # epochs and steps start, so that epoch numbers keep increasing across them.
+        self._learner: Any = None
+        self.phase, self.epoch_offset, self.step_offset = 0, 0, 0
+        self._last_n_epoch, self._last_steps = 0, 0
+        self._resume_checked = False
+        self._pending: tuple[int, Any] | None = None  # (phase, (weights, state)) to restore
 
     def before_fit(self) -> None:
         # Like TrackerCallback: stay out of lr_find and get_preds.
@@ -106,45 +119,76 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
             },
             "frozen": getattr(learn.opt, "frozen_idx", 0) > 0,
         }
+        self._next_phase(learn)
+        config["phase"] = self.phase
         self.engine.begin(config, is_writer=rank_distrib() == 0)
+        self.engine.phase = self.phase
         self.skip_to = 0
         if self.engine.resume:
             self._resume()
 
+    def _next_phase(self, learn: Any) -> None:
+        if self._learner is learn:  # another fit of the same learner: fine_tune's second
+            self.phase += 1
+            self.epoch_offset += self._last_n_epoch
+            self.step_offset += self._last_steps
+        else:
+            self._learner, self.phase, self.epoch_offset, self.step_offset = learn, 0, 0, 0
+        self._last_n_epoch, self._last_steps = self.n_epoch, 0
+
     def _resume(self) -> None:
-        version = self.engine.resume_from()
-        if version is None:
+        if not self._resume_checked:  # once per callback: at the first fit (phase)
+            self._resume_checked = True
+            source = self.engine.resume_from()
+            if source is not None:
+                phase = _phase_of(source)
+                self._pending = (phase, load_resume(source, self.allow_pickle))
+        if self._pending is None:
             return
-        weights, state = load_resume(version, self.allow_pickle)
-        self.learn.model.load_state_dict(weights)
-        self.learn.opt.load_state_dict(state["opt"])
-        self.skip_to = int(state["epoch"]) + 1  # as fastai's own fit(start_epoch=...) does
+        phase, (weights, state) = self._pending
+        if self.phase < phase:
+            self.skip_to = self.n_epoch  # a phase the interrupted training had finished
+        elif self.phase == phase:
+            self.learn.model.load_state_dict(weights)
+            self.learn.opt.load_state_dict(state["opt"])
+            self.skip_to = int(state["epoch"]) + 1  # as fastai's own fit(start_epoch=...) does
+            self._pending = None
+        else:
+            self._pending = None
+            return
         self._skipper = _SkipDoneEpochs(self.skip_to)
         self.learn.add_cb(self._skipper)
 
     def after_epoch(self) -> None:
-        if self.epoch < self.skip_to or not self.engine.due(self.epoch):
+        self._last_steps = self.train_iter
+        epoch = self.epoch_offset + self.epoch
+        if self.epoch < self.skip_to or not self.engine.due(epoch):
             return
         names = list(self.recorder.metric_names[1:])  # without "epoch"; values omit "time"
         metrics = scalar_metrics(dict(zip(names, self.recorder.values[-1], strict=False)))
         decision = self.engine.check(metrics)
         state = None
-        if decision.save and not self.engine.save_weights_only:
+        if self.engine.wants_state(decision):
             opt = self.learn.opt.state_dict()  # plain containers: it loads with weights_only
             plain = {
                 "state": [{k: _plain(v) for k, v in x.items()} for x in opt["state"]],
                 "hypers": [{k: _plain(v) for k, v in h.items()} for h in opt["hypers"]],
             }
-            state = {"opt": plain, "epoch": self.epoch}
+            state = {"opt": plain, "epoch": self.epoch, "phase": self.phase}
         learn, init_args = self.learn, self.init_args
 
         def snapshot() -> Any:
-            parts = model_parts(learn.model, state, "fastai", init_args)
+            recipe = fastai_recipe(learn, init_args)
+            parts = model_parts(learn.model, state, "fastai", init_args, recipe)
             parts.info.update(format="fastai", learner=learner_settings(learn))
             return parts
 
         self.engine.commit(
-            decision, epoch=self.epoch, step=self.train_iter, metrics=metrics, snapshot=snapshot
+            decision,
+            epoch=epoch,
+            step=self.step_offset + self.train_iter,
+            metrics=metrics,
+            snapshot=snapshot,
         )
 
     def after_fit(self) -> None:

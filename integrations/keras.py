@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelshelf._deps import require
+from modelshelf._errors import ConflictError
 from modelshelf._models.keras import KERAS_FILE, keras_parts, keras_weights_parts
 from modelshelf._training.engine import CheckpointEngine, Parts, keras_like_mode, scalar_metrics
 from modelshelf._training.options import make_options, signature_with
@@ -62,6 +63,7 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
             state_file=KERAS_FILE,
         )
         self._resumed: Any = None
+        self._first_epoch = True
 
     @property
     def initial_epoch(self) -> int:
@@ -86,9 +88,25 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
             config["optimizer"] = model.optimizer.get_config()
         config["compile"] = model.get_compile_config() or {}  # loss, metrics, ... as given
         config["keras"] = keras.__version__
+        self._first_epoch = True
         self.engine.begin(config, is_writer=_is_chief())
         if self.engine.resume and self.initial_epoch > 0:
             self._restore()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        first, self._first_epoch = self._first_epoch, False
+        if not first or not self.engine.resume or epoch >= self.initial_epoch:
+            return
+        # Keras gives callbacks no public way to move the first epoch: never train again,
+        # silently, the epochs the resumed checkpoint had done.
+        error = ConflictError(
+            f"ShelfCheckpoint(resume=True) restored {self._resumed.ref} (epoch "
+            f"{self.initial_epoch - 1}), but fit started at epoch {epoch}. Pass "
+            "initial_epoch=cb.initial_epoch to fit: model.fit(..., "
+            "initial_epoch=cb.initial_epoch, callbacks=[cb])."
+        )
+        self.engine.end(error=error)
+        raise error
 
     def _restore(self) -> None:
         path = self._resumed.path(KERAS_FILE)

@@ -136,11 +136,13 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
             self.engine.update_config(data)
 
     def _resume(self, trainer: Any, pl_module: Any) -> None:
-        version = self.engine.resume_from() if trainer.is_global_zero else None
-        ref = trainer.strategy.broadcast(version.ref if version is not None else None, src=0)
-        if ref is None:
+        source = self.engine.resume_from() if trainer.is_global_zero else None
+        described = trainer.strategy.broadcast(self.engine.describe_source(source), src=0)
+        if described is None:
             return
-        weights, state = load_resume(self.engine.shelf.get(ref), self.allow_pickle)
+        if source is None:
+            source = self.engine.open_source(described)
+        weights, state = load_resume(source, self.allow_pickle)
         pl_module.load_state_dict(weights)
         for optimizer, saved in zip(
             trainer.optimizers, state.get("optimizer_states", []), strict=False
@@ -205,7 +207,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         self.engine.note(decision)
         self._last_step = step
         state = None
-        if decision.save and not self.engine.save_weights_only:
+        if self.engine.wants_state(decision):
             capture, original = _Capture(), trainer.strategy.checkpoint_io
             trainer.strategy.checkpoint_io = capture
             try:

@@ -10,6 +10,7 @@ import pytest
 
 import modelshelf as ms
 from modelshelf._core.sources import StreamedFile
+from modelshelf._features.resume import points
 from modelshelf._training.engine import STATE_FILE, CheckpointEngine, Parts, scalar_metrics
 from modelshelf._training.options import (
     AUTO_KEEP_LAST,
@@ -129,12 +130,15 @@ def test_a_write_error_is_raised_from_the_fit_and_fails_the_run(shelf: ms.Shelf)
 
 def test_resume_restores_the_best_and_continues(shelf: ms.Shelf) -> None:
     train(engine(shelf, monitor="val_loss"), [3.0, 2.0, 2.5])
-    again = engine(shelf, monitor="val_loss", resume=True)
-    version = again.resume_from()
-    assert version is not None and version.metadata["epoch"] == 1 and again.best == 2.0
+    again = engine(shelf, monitor="val_loss", resume=True, improve_on="run")
+    version = again.resume_from()  # asked before fit starts, as the Keras adapter does
+    assert version is not None and version.metadata["epoch"] == 1
     assert json.loads(version.path(STATE_FILE).read_text()) == {"epoch": 1}
-    train(again, [2.2, 1.5], start=3)  # 2.2 is no better than the restored best
+    train(again, [2.2, 1.5], start=3)  # 2.2 is no better than the restored best (2.0)
     assert epochs(shelf) == [0, 1, 4]
+    run = shelf.get("net:v2").logged_by()
+    assert run is not None and run.config["resumed_from"]["version"] == "net:v1"
+    assert [v.ref for v in run.inputs()] == ["net:v1"]
 
 
 def test_resume_refuses_weights_only_versions_and_starts_fresh_on_a_new_name(
@@ -288,3 +292,130 @@ def test_a_default_monitor_that_is_not_logged_falls_back_to_saving_every_epoch(
     explicit = CheckpointEngine("other", make_options({"shelf": shelf, "monitor": "valid_loss"}))
     with pytest.raises(ms.NotFoundError, match="no such metric"):
         train(explicit, [1.0])
+
+
+# -- resume points: resume from the last completed epoch ------------------------------------
+KILLED_TRAINING = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import modelshelf as ms
+from test_engine import engine, snapshot
+shelf = ms.Shelf({shelf!r})
+values = {values!r}
+e = engine(shelf, monitor="val_loss", resume=True, background=False)
+e.begin({{}}, is_writer=True)
+source = e.resume_from()
+start = 0 if source is None else source.metadata["epoch"] + 1
+print("START", start, flush=True)
+for epoch in range(start, len(values)):
+    metrics = {{"val_loss": values[epoch]}}
+    d = e.check(metrics)
+    e.commit(d, epoch=epoch, step=epoch + 1, metrics=metrics, snapshot=snapshot(epoch, of=values))
+    if epoch == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+e.end()
+"""
+
+
+def run_training(shelf: ms.Shelf, tmp_path: Path, values: list[float], kill_after: int) -> str:
+    import subprocess
+    import sys
+
+    code = KILLED_TRAINING.format(
+        tests=str(Path(__file__).parent), shelf=str(tmp_path / "shelf"), values=values,
+        kill_after=kill_after,
+    )  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, -9), proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_resume_goes_on_after_the_last_completed_epoch_not_the_last_improvement(
+    shelf: ms.Shelf, tmp_path: Path
+) -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 0.5, 0.4]  # only epoch 0 improves before the kill
+    out = run_training(shelf, tmp_path, values, kill_after=3)
+    assert "START 0" in out and epochs(shelf) == [0]
+    (point,) = points(shelf.repository, "net")
+    assert (point.epoch, point.version, sorted(point.files)) == (3, None, [STATE_FILE, "w.bin"])
+    assert json.loads(point.path(STATE_FILE).read_text()) == {"epoch": 3}
+    assert point.path("w.bin").read_text() == f"weights of epoch 3 of {values}"
+
+    out = run_training(shelf, tmp_path, values, kill_after=-1)
+    assert "START 4" in out  # not 1: epochs 1-3 are not trained again
+    assert epochs(shelf) == [0, 4, 5]
+    resumed = shelf.get("net:v1").logged_by()
+    assert resumed is not None and resumed.status == "finished"
+    assert resumed.config["resumed_from"] == {"epoch": 3, "run": point.run_id}
+    assert points(shelf.repository, "net") == []  # both trainings' points are gone
+    assert shelf.repository.storage.find("resume") == []
+
+
+def test_a_point_of_a_saved_epoch_names_its_version(shelf: ms.Shelf, tmp_path: Path) -> None:
+    run_training(shelf, tmp_path, [3.0, 2.0, 1.0], kill_after=1)
+    (point,) = points(shelf.repository, "net")
+    assert (point.epoch, point.version, point.files) == (1, 1, {})
+    again = engine(shelf, monitor="val_loss", resume=True)
+    source = again.resume_from()
+    assert source == shelf.get("net:v1")
+
+
+def test_a_finished_training_leaves_no_point(shelf: ms.Shelf) -> None:
+    train(engine(shelf, monitor="val_loss"), [3.0, 4.0, 5.0])
+    assert points(shelf.repository, "net") == []
+    assert shelf.repository.storage.find("resume") == []
+
+
+def test_weights_only_training_keeps_no_points(shelf: ms.Shelf, tmp_path: Path) -> None:
+    e = engine(shelf, monitor="val_loss", save_weights_only=True)
+    e.begin({}, is_writer=True)
+    d = e.check({"val_loss": 1.0})
+    assert not e.wants_state(d)
+    d = e.check({"val_loss": 2.0})
+    assert not e.wants_snapshot(d)  # nothing to save, no point to keep
+    e.end()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["not json", "other name", "escaping file", "bad digest", "huge size", "no time"],
+)
+def test_a_damaged_or_hostile_point_is_skipped_or_refused(
+    shelf: ms.Shelf, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from modelshelf._features.resume import keys_for
+    from modelshelf._format.records import dumps, loads
+
+    run_training(shelf, tmp_path, [1.0, 2.0, 3.0], kill_after=1)  # a point with files
+    storage = shelf.repository.storage
+    (key,) = [k for k in storage.find("resume") if k.endswith(".json")]
+    record = loads(storage.read(key), key)
+    if damage == "not json":
+        storage.replace(key, b'{"_sha256":"00", "name"')
+    else:
+        if damage == "other name":
+            record["name"] = "other"
+        elif damage == "escaping file":
+            record["files"]["../../../x"] = record["files"].pop("w.bin")
+        elif damage == "bad digest":
+            record["files"]["w.bin"]["sha256"] = "0" * 63
+        elif damage == "huge size":
+            record["files"]["w.bin"]["size"] = 1 << 50
+        elif damage == "no time":
+            del record["time"]
+        storage.replace(key, dumps(record))
+    assert points(shelf.repository, "net") == []
+    assert "Skipping a resume point" in caplog.text
+    assert keys_for("net").folder in key
+
+
+def test_a_point_file_that_does_not_match_its_digest_is_refused(
+    shelf: ms.Shelf, tmp_path: Path
+) -> None:
+    run_training(shelf, tmp_path, [1.0, 2.0, 3.0], kill_after=1)
+    storage = shelf.repository.storage
+    (key,) = [k for k in storage.find("resume") if k.endswith("/w.bin")]
+    storage.replace(key, b"weights of someone else")
+    (point,) = points(shelf.repository, "net")
+    with pytest.raises(ms.IntegrityError, match=r"damaged 'w\.bin'"):
+        point.path("w.bin")

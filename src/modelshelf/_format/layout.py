@@ -18,6 +18,7 @@ LEASES = "leases"
 RUNS = "runs"
 TMP = "tmp"
 GC = "gc"
+RESUME = "resume"
 #: The project folder of names without a project; ``_`` cannot start a project name.
 NO_PROJECT = "_"
 
@@ -53,6 +54,33 @@ def manifest_hex(key: str) -> str:
 
 def lease_key(lease_id: str) -> str:
     return f"{LEASES}/{lease_id}.json"
+
+
+# -- resume points -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResumeKeys:
+    """The resume points of one artifact, one per training (run) that has not finished::
+
+        resume/<name hash>/<run id>.json               the point (sealed record)
+        resume/<name hash>/<run id>/<epoch>/<file>     its files, when no version holds them
+
+    ``name_hash`` is the first 32 hex digits of the sha256 of the artifact's name (a name may
+    hold ``/``)."""
+
+    name_hash: str
+
+    @property
+    def folder(self) -> str:
+        return f"{RESUME}/{self.name_hash}"
+
+    def point(self, run_id: str) -> str:
+        return f"{self.folder}/{run_id}.json"
+
+    def files(self, run_id: str) -> str:
+        return f"{self.folder}/{run_id}"
+
+    def file(self, run_id: str, epoch: int, name: str) -> str:
+        return f"{self.folder}/{run_id}/{epoch}/{name}"
 
 
 # -- gc ----------------------------------------------------------------------------------------

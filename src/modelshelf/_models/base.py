@@ -136,6 +136,9 @@ def _versions(*names: str) -> dict[str, str]:
     return out
 
 
+_WARNED: set[tuple[str, Any]] = set()
+
+
 def log_parts(
     repo: Repository,
     name: str,
@@ -153,9 +156,10 @@ def log_parts(
         info["libraries"] = _versions(*_LIBRARIES)
         info["python"] = ".".join(map(str, sys.version_info[:3]))
     recipe = info.get("recipe", {})
-    if recipe.get("init_args", {}) is None:
+    if recipe.get("init_args", {}) is None and (name, recipe.get("class")) not in _WARNED:
+        _WARNED.add((name, recipe.get("class")))  # once per artifact, not at every checkpoint
         logger.warning(
-            "%s: load_model will need model=... to load this version (%s).",
+            "%s: load_model will need model=... to load this version: %s.",
             name, recipe.get("why_not"),
         )  # fmt: skip
     meta = {**metadata, "model": clean_metadata(info, "model info")}

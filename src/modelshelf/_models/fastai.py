@@ -50,6 +50,16 @@ def learner_settings(learn: Any) -> dict[str, Any]:
     )
 
 
+def fastai_recipe(learn: Any, init_args: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The recipe of a model built by ``vision_learner`` or ``tabular_learner``, unless
+    ``init_args`` were given (they name the model's own class then)."""
+    if init_args is not None:
+        return None
+    from .fastai_recipes import learner_recipe
+
+    return learner_recipe(learn)
+
+
 class FastaiCodec(Codec):
     """A fastai ``Learner``."""
 
@@ -65,7 +75,11 @@ class FastaiCodec(Codec):
     def parts(
         self, repo: Repository, model: Any, name: str, options: dict[str, Any], tmp: Path
     ) -> tuple[Files, dict[str, Any]]:
-        blobs, info = torch_parts(model.model, options.get("init_args"))
+        blobs, info = torch_parts(
+            model.model,
+            options.get("init_args"),
+            recipe=fastai_recipe(model, options.get("init_args")),
+        )
         files: dict[str, Any] = dict(blobs)
         info.update(format="fastai", framework="fastai", learner=learner_settings(model))
         if options.get("export"):

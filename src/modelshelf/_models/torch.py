@@ -16,12 +16,18 @@ if TYPE_CHECKING:
 
 
 def torch_parts(
-    model: Any, init_args: dict[str, Any] | None, *, to_host: bool = False
+    model: Any,
+    init_args: dict[str, Any] | None,
+    *,
+    to_host: bool = False,
+    recipe: dict[str, Any] | None = None,
 ) -> tuple[dict[str, StreamedFile], dict[str, Any]]:
     """The safetensors weights of a torch model and what describes it.
 
     ``to_host``: copy the tensors to CPU memory now (a checkpoint snapshot taken while
     training goes on); otherwise they are read from the model when the file is written.
+    ``recipe``: how to rebuild it, when not from its class and ``init_args`` (fastai's
+    factories).
     """
     from . import torch_format as tf
 
@@ -33,7 +39,7 @@ def torch_parts(
         "framework": "lightning" if tf.is_lightning(model) else "torch",
         "weights": tf.WEIGHTS,
         "tied": aliases,
-        "recipe": tf.recipe(model, init_args),
+        "recipe": recipe if recipe is not None else tf.recipe(model, init_args),
         **tf.describe(model, tensors),
     }
     return {tf.WEIGHTS: StreamedFile(lambda: tf.safetensors_stream(tensors))}, info

@@ -101,18 +101,28 @@ def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+#: hparams keys that LightningCLI adds for its own load_from_checkpoint, not init arguments
+_CLI_KEYS = ("_instantiator", "_class_path")
+
+
 def recipe(model: torch.nn.Module, init_args: dict[str, Any] | None) -> dict[str, Any]:
-    """What ``load_model`` needs to rebuild ``model``: its class and init arguments."""
+    """What ``load_model`` needs to rebuild ``model``: its class and init arguments, checked
+    by building one (on the meta device) and comparing its weights' names and shapes.
+
+    Where that fails, ``init_args`` is None and ``why_not`` says what ``load_model`` will
+    need (``log_parts`` warns once per artifact).
+    """
     cls = type(model)
     out: dict[str, Any] = {"class": _class_path(cls), "lightning": is_lightning(model)}
     why = None
     if init_args is not None:
         out["init_args"] = clean_metadata(init_args, "init_args")
-        return out
-    if out["lightning"]:
+    elif out["lightning"]:
+        hparams = dict(model.hparams)  # type: ignore[arg-type]
+        if any(hparams.pop(key, None) is not None for key in _CLI_KEYS):
+            out["lightning_cli"] = True  # instantiated by LightningCLI (its hparams say so)
         try:
-            out["init_args"] = clean_metadata(dict(model.hparams), "hparams")  # type: ignore[arg-type]
-            return out
+            out["init_args"] = clean_metadata(hparams, "hparams")
         except InvalidMetadataError as exc:
             why = f"its hparams cannot be stored as JSON ({exc})"
     else:
@@ -126,15 +136,84 @@ def recipe(model: torch.nn.Module, init_args: dict[str, Any] | None) -> dict[str
             ]
         except (TypeError, ValueError):
             required = ["?"]
-        if not required:
+        if required:
+            why = f"{cls.__qualname__}.__init__ needs {', '.join(required)}; pass init_args="
+        else:
             out["init_args"] = {}
-            return out
-        why = (
-            f"{cls.__qualname__}.__init__ needs {', '.join(required)}; pass init_args= to log_model"
-        )
-    out["init_args"] = None
-    out["why_not"] = why
+    if why is None and not _nested_classes(out["init_args"]):
+        why = rebuild_problem(model, out, lambda: rebuild(out, "", trusted_class=cls))
+    if why is not None:
+        out["init_args"] = None
+        out["why_not"] = why
     return out
+
+
+def structure(model: torch.nn.Module) -> list[Any]:
+    """What a rebuilt model must match: each submodule's name, class and settings, and each
+    weight's name and shape."""
+    modules = [(n, type(m).__qualname__, m.extra_repr()) for n, m in model.named_modules()]
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    return [modules, shapes]
+
+
+_CHECKED: dict[tuple[Any, ...], str | None] = {}
+
+
+def rebuild_problem(model: torch.nn.Module, rec: dict[str, Any], build: Any) -> str | None:
+    """Why ``build()`` (a model from the recipe ``rec``) does not give ``model`` back, or
+    None when it does (or when building fails here for reasons of this machine, which are
+    not the recipe's fault). Built on the meta device, with the RNG state kept as it was;
+    remembered per model structure and recipe."""
+    try:
+        key: tuple[Any, ...] = (
+            type(model),
+            json.dumps(rec, sort_keys=True, default=str),
+            json.dumps(structure(model), default=str),
+        )
+    except (TypeError, ValueError):
+        return None
+    if key in _CHECKED:
+        return _CHECKED[key]
+    problem = None
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            rebuilt = build()
+    except UnsupportedModelError as exc:
+        problem = str(exc)
+    except Exception:
+        return None  # e.g. a download the constructor needs; loading will say what fails
+    else:
+        problem = _mismatch(model, rebuilt)
+    _CHECKED[key] = problem
+    return problem
+
+
+def _mismatch(model: torch.nn.Module, rebuilt: torch.nn.Module) -> str | None:
+    if structure(model) == structure(rebuilt):
+        return None
+    mine, theirs = model.state_dict(), rebuilt.state_dict()
+    cls = type(model).__qualname__
+    if set(mine) == set(theirs) and all(mine[k].shape == theirs[k].shape for k in mine):
+        return f"{cls} built from the recorded arguments differs in its layers' settings"
+    return (
+        f"{cls} built from the recorded arguments has {len(set(mine) & set(theirs))} of its "
+        f"{len(mine)} weights (layers added after construction?)"
+    )
+
+
+def _nested_classes(init_args: Any) -> list[str]:
+    """The ``class_path`` values inside ``init_args`` (LightningCLI's nested modules)."""
+    found: list[str] = []
+    if isinstance(init_args, dict):
+        path = init_args.get("class_path")
+        if isinstance(path, str):
+            found.append(path)
+        for value in init_args.values():
+            found.extend(_nested_classes(value))
+    elif isinstance(init_args, list):
+        for value in init_args:
+            found.extend(_nested_classes(value))
+    return found
 
 
 def describe(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -194,32 +273,90 @@ def recorded_class(rec: dict[str, Any], ref: str, *, trust_recipe: bool) -> type
 
 
 def rebuild(
-    rec: dict[str, Any], ref: str, *, trust_recipe: bool = False, meta: bool = False
+    rec: dict[str, Any],
+    ref: str,
+    *,
+    trust_recipe: bool = False,
+    meta: bool = False,
+    trusted_class: type[torch.nn.Module] | None = None,
 ) -> torch.nn.Module:
-    """Construct the recorded class with its recorded init arguments.
+    """Construct the recorded class with its recorded init arguments (or, for a ``builder``
+    recipe, call the fastai factory it names).
 
     With ``meta=True`` the parameters are created on the meta device: no memory, no random
-    initialisation, as the loaded weights replace them all anyway.
+    initialisation, as the loaded weights replace them all anyway. ``trusted_class``: the
+    class itself (checking a recipe at save time), instead of looking up the recorded one.
     """
     if meta:
         with torch.device("meta"):
-            return rebuild(rec, ref, trust_recipe=trust_recipe)
+            return rebuild(rec, ref, trust_recipe=trust_recipe, trusted_class=trusted_class)
+    if rec.get("builder") is not None:
+        from .fastai_recipes import build
+
+        return build(rec, ref, trust_recipe=trust_recipe)
     init_args = rec.get("init_args")
     if init_args is None:
         raise UnsupportedModelError(
-            f"{ref} cannot be rebuilt: {rec.get('why_not') or 'no init arguments were recorded'}. "
-            f"Pass a model to load into: load_model({ref!r}, model=MyModel(...))."
+            f"{ref} cannot be rebuilt: {str(rec.get('why_not') or 'no init arguments')[:160]}. "
+            f"Pass model=: load_model({ref!r}, model=MyModel(...))."
         )
     if not isinstance(init_args, dict):
         raise UnsupportedModelError(
             f"{ref} records init arguments that are not a mapping; pass model=MyModel(...)."
         )
-    cls = recorded_class(rec, ref, trust_recipe=trust_recipe)
+    cls = trusted_class or recorded_class(rec, ref, trust_recipe=trust_recipe)
+    shown = str(rec.get("class"))[:80]
+    if rec.get("lightning"):
+        init_args = _lightning_args(cls, init_args)
+        nested = _nested_classes(init_args)
+        if nested:
+            return _cli_instantiate(cls, init_args, nested, ref, trust_recipe=trust_recipe)
     try:
         return cls(**init_args)
     except TypeError as exc:
         raise UnsupportedModelError(
-            f"{ref}: {rec['class']}(**{init_args!r}) failed ({exc}). Pass model=... instead."
+            f"{ref}: {shown}(**recorded init_args) failed ({str(exc)[:100]}). "
+            "Pass model=MyModel(...) to load into."
+        ) from None
+
+
+def _lightning_args(cls: type, init_args: dict[str, Any]) -> dict[str, Any]:
+    """The hparams that ``cls`` takes, as Lightning's ``load_from_checkpoint`` picks them:
+    LightningCLI's own keys dropped, and unknown ones too unless ``__init__`` takes
+    ``**kwargs``."""
+    args = {k: v for k, v in init_args.items() if k not in _CLI_KEYS}
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return args
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return args
+    names = {p.name for p in params}
+    return {k: v for k, v in args.items() if k in names}
+
+
+def _cli_instantiate(
+    cls: type, init_args: dict[str, Any], nested: list[str], ref: str, *, trust_recipe: bool
+) -> torch.nn.Module:
+    """A LightningCLI module whose hparams configure nested classes (``class_path``): built
+    by Lightning's own ``instantiate_module`` (jsonargparse), which imports those classes;
+    so each must be imported already, or the recipe trusted."""
+    for path in nested:
+        module_name, _, attr = path.rpartition(".")
+        owner = sys.modules.get(module_name)
+        if not trust_recipe and not isinstance(getattr(owner, attr, None), type):
+            raise UnsupportedModelError(
+                f"{ref} configures {path[:80]!r}; import its module first, pass "
+                "trust_recipe=True if you trust who logged it, or pass model=MyModel(...)."
+            )
+    old = any(base.__module__.startswith("pytorch_lightning") for base in cls.__mro__)
+    cli = importlib.import_module("pytorch_lightning.cli" if old else "lightning.pytorch.cli")
+    try:
+        return cli.instantiate_module(cls, init_args)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{ref}: LightningCLI could not build {cls.__qualname__} from its hparams "
+            f"({type(exc).__name__}: {str(exc)[:100]}). Pass model=MyModel(...)."
         ) from None
 
 
@@ -293,10 +430,8 @@ def load_weights(
     assign = _on_meta(model)
     try:
         model.load_state_dict(state, strict=True, assign=assign)
-    except RuntimeError as exc:
-        raise UnsupportedModelError(
-            f"The weights of {ref} do not fit {type(model).__qualname__}: {exc}"
-        ) from None
+    except RuntimeError:
+        raise UnsupportedModelError(_misfit(ref, model, state)) from None
     if assign:
         for alias, canonical in aliases.items():
             owner, _, attr = alias.rpartition(".")
@@ -306,6 +441,27 @@ def load_weights(
             raise _StillOnMeta
     model.to(torch.device(device) if isinstance(device, str) else device)
     return model.eval()
+
+
+def _misfit(ref: str, model: torch.nn.Module, state: dict[str, Any]) -> str:
+    """A short account of how the stored weights differ from ``model``'s (under 300
+    characters, however many weights there are)."""
+    expected = model.state_dict()
+    lacking = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [
+        k for k in expected
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
+    ]  # fmt: skip
+    parts = [
+        f"{len(keys)} {what} (e.g. {keys[0][:40]!r})"
+        for keys, what in ((lacking, "missing"), (extra, "unexpected"), (shapes, "of other shapes"))
+        if keys
+    ]
+    return (
+        f"{ref} does not fit {type(model).__qualname__[:60]}: weights {', '.join(parts)}. "
+        f"Pass the model it was trained as: load_model({ref[:60]!r}, model=...)."
+    )
 
 
 class _StillOnMeta(Exception):

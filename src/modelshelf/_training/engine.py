@@ -21,7 +21,15 @@ from typing import Any
 
 from .._api import shelf as default_shelf
 from .._core.sources import LocalFile
-from .._errors import ConflictError, InvalidArgumentError, InvalidMetadataError, NotFoundError
+from .._core.version import ArtifactVersion
+from .._errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidMetadataError,
+    NotFoundError,
+)
+from .._features.resume import ResumePoint, drop_point, points, write_point
 from .._format.names import run_id_of, validate_name
 from .._format.records import clean_metadata
 from .._models import log_parts
@@ -160,6 +168,9 @@ class CheckpointEngine:
         self.best: float | None = None
         self.best_version: int | None = None
         self._restored = False  # load_state_dict ran before begin (Lightning's ckpt_path)
+        self.resumed_point: ResumePoint | None = None
+        self._resumed: tuple[Any, float | None] | None = None
+        self.phase = 0  # fastai's fine_tune: the how-manieth fit of this callback
         self.is_writer = True
         self._writer = Writer()
 
@@ -191,6 +202,7 @@ class CheckpointEngine:
         self._restored = False
         self._start_from_artifact()
         self.adopt_best(*restored)
+        self._apply_resumed()
 
     def adopt_best(self, value: float | None, version: int | None) -> None:
         """Take ``value`` (a best score restored from a checkpoint) if it beats the current
@@ -274,6 +286,8 @@ class CheckpointEngine:
         finally:
             self._writer.close()
         failure = self._writer.error
+        if self.is_writer and error is None and failure is None and self.run is not None:
+            self.finish_points()
         if self._owned_run is not None:
             status_error = error or failure
             if status_error is None:
@@ -361,6 +375,20 @@ class CheckpointEngine:
         self.note(decision)
         return decision
 
+    @property
+    def keeps_points(self) -> bool:
+        """Whether each checked epoch leaves a resume point (full checkpoints only)."""
+        return not self.save_weights_only
+
+    def wants_snapshot(self, decision: Decision) -> bool:
+        """Whether the adapter must take a snapshot at this check (a version, or a resume
+        point); the same on every rank, as a collective capture needs."""
+        return decision.save or self.keeps_points
+
+    def wants_state(self, decision: Decision) -> bool:
+        """Whether the snapshot must hold the training state (for resuming)."""
+        return self.keeps_points and self.wants_snapshot(decision)
+
     def commit(
         self,
         decision: Decision,
@@ -370,8 +398,9 @@ class CheckpointEngine:
         metrics: dict[str, float],
         snapshot: Callable[[], Parts],
     ) -> None:
-        """On the writer, take the snapshot now and write it (in the background, maybe)."""
-        if not decision.save or not self.is_writer:
+        """On the writer, take the snapshot now and write it (in the background, maybe): a
+        version when the decision says so, and the training's resume point."""
+        if not self.wants_snapshot(decision) or not self.is_writer:
             return
         if self._writer.error is not None:
             raise self._writer.error
@@ -391,14 +420,29 @@ class CheckpointEngine:
             "best_so_far": decision.best,
             "improved": decision.improved,
         }
+        if self.phase:
+            meta["phase"] = self.phase
         aliases = [*self.aliases, *(["best"] if decision.improved else [])]
+        point_state = {**self.state_dict(), "best": decision.best, "phase": self.phase}
 
         def write() -> None:
-            try:
-                version = self._write(parts, meta, aliases)
-            finally:
-                if parts.cleanup is not None:
-                    parts.cleanup()
+            with tempfile.TemporaryDirectory(prefix="modelshelf-ckpt-") as tmp:
+                try:
+                    files = dict(parts.blobs)
+                    for file_name, write_file in parts.files.items():
+                        path = Path(tmp) / file_name
+                        write_file(path)
+                        files[file_name] = LocalFile(path)
+                    version = None
+                    if decision.save:
+                        version = self._write(files, parts.info, meta, aliases)
+                    if self.keeps_points:
+                        self._write_point(files, parts.info, meta, version, point_state)
+                finally:
+                    if parts.cleanup is not None:
+                        parts.cleanup()
+            if version is None:
+                return
             if decision.improved:
                 self.best_version = version.version
             self._announce(version, meta, decision)
@@ -423,37 +467,141 @@ class CheckpointEngine:
             shown.append("best")
         progress.info("modelshelf: %s saved (%s)", version.ref, ", ".join(shown))
 
-    def _write(self, parts: Parts, meta: dict[str, Any], aliases: list[str]) -> Any:
-        with tempfile.TemporaryDirectory(prefix="modelshelf-ckpt-") as tmp:
-            files = dict(parts.blobs)
-            for file_name, write_file in parts.files.items():
-                path = Path(tmp) / file_name
-                write_file(path)
-                files[file_name] = LocalFile(path)
-            return log_parts(
-                self.shelf.repository, self.name, files, dict(parts.info), meta, aliases,
-                run_id_of(self.run),
-            )  # fmt: skip
+    def _write(
+        self, files: dict[str, Any], info: dict[str, Any], meta: dict[str, Any], aliases: list[str]
+    ) -> Any:
+        return log_parts(
+            self.shelf.repository, self.name, files, dict(info), meta, aliases,
+            run_id_of(self.run),
+        )  # fmt: skip
+
+    def _write_point(
+        self,
+        files: dict[str, Any],
+        info: dict[str, Any],
+        meta: dict[str, Any],
+        version: Any,
+        state: dict[str, Any],
+    ) -> None:
+        run_id = run_id_of(self.run)
+        if run_id is None:
+            return
+        write_point(
+            self.shelf.repository, self.name, run_id,
+            epoch=meta["epoch"], global_step=meta["global_step"],
+            version=None if version is None else version.version,
+            files=files, state=lenient_json(state), model=lenient_json(info),
+        )  # fmt: skip
 
     # -- resuming ------------------------------------------------------------------------
     def resume_from(self) -> Any | None:
-        """The ``latest`` version to resume from (restoring the best score), or None."""
+        """Where to resume from: the newest resume point of a training that did not finish
+        (not one still running), or ``latest`` when that is newer (restoring the best score
+        either way); None when there is neither.
+
+        A point of an epoch that was saved as a version resumes from that version.
+        """
+        repo = self.shelf.repository
+        point = self._newest_dead_point(repo)
+        latest = None
         try:
-            version = self.shelf.get(f"{self.name}:latest")
+            latest = self.shelf.get(f"{self.name}:latest")
         except NotFoundError:
-            logger.warning(
-                "ShelfCheckpoint(resume=True): %r has no version yet; starting fresh.", self.name
-            )
-            return None
-        if self.state_file not in version.files:
+            if point is None:
+                logger.warning(
+                    "ShelfCheckpoint(resume=True): %r has no version yet; starting fresh.",
+                    self.name,
+                )
+                return None
+        source: Any = latest
+        if point is not None and (latest is None or point.time >= latest.created_at):
+            self.resumed_point = point
+            source = point
+            if point.version is not None:
+                source = self.shelf.get(f"{self.name}:v{point.version}")
+            best = point.state.get("best")
+        else:
+            best = latest.metadata.get("best_so_far")  # type: ignore[union-attr]
+        if self.state_file not in source.files:
             raise ConflictError(
-                f"Cannot resume from {version.ref}: it holds the weights only (it was saved with "
+                f"Cannot resume from {source.ref}: it holds the weights only (it was saved with "
                 "save_weights_only=True). Resume needs full checkpoints: save_weights_only=False."
             )
-        best = version.metadata.get("best_so_far")
-        if isinstance(best, (int, float)) and not isinstance(best, bool) and math.isfinite(best):
-            self.adopt_best(float(best), None)
-        return version
+        if not (isinstance(best, (int, float)) and not isinstance(best, bool)):
+            best = None
+        self._resumed = (source, best if best is not None and math.isfinite(best) else None)
+        if self.run is not None:  # begin() ran already; else it applies this
+            self._apply_resumed()
+        return source
+
+    def _apply_resumed(self) -> None:
+        """Take the best score of the checkpoint resumed from, and note on the run where it
+        resumed from (Keras asks for the source before fit starts, the others after)."""
+        if self._resumed is None:
+            return
+        source, best = self._resumed
+        self._resumed = None
+        self.adopt_best(best, None)
+        self._note_resumed(source)
+
+    @staticmethod
+    def describe_source(source: Any) -> tuple[str, str] | None:
+        """What another rank needs to open the same resume source (``open_source``)."""
+        if source is None:
+            return None
+        if isinstance(source, ResumePoint):
+            return ("point", source.run_id)
+        return ("version", source.ref)
+
+    def open_source(self, described: tuple[str, str]) -> Any:
+        """The resume source ``describe_source`` described (on a rank that did not choose)."""
+        kind, ident = described
+        if kind == "version":
+            return self.shelf.get(ident)
+        for point in points(self.shelf.repository, self.name):
+            if point.run_id == ident:
+                return point
+        raise NotFoundError(f"The resume point of run {ident} of {self.name!r} is gone.")
+
+    def _newest_dead_point(self, repo: Any) -> ResumePoint | None:
+        own = run_id_of(self.run)
+        for point in reversed(points(repo, self.name)):
+            if point.run_id == own:
+                continue
+            try:
+                status = self.shelf.get_run(point.run_id).status
+            except (NotFoundError, IntegrityError):
+                status = "crashed"  # a point without its run: nobody is writing it
+            if status != "running":
+                return point
+        return None
+
+    def _note_resumed(self, source: Any) -> None:
+        """Record on this training's run where it resumed from (lineage: the run it goes on
+        from, and the version it started from when there is one)."""
+        if not self.is_writer or self.run is None:
+            return
+        point = self.resumed_point
+        resumed: dict[str, Any] = {"epoch": int(source.metadata.get("epoch", -1))}
+        if point is not None:
+            resumed["run"] = point.run_id
+        if isinstance(source, ArtifactVersion):
+            resumed["version"] = source.ref
+            if point is None:
+                run = source.logged_by()
+                resumed["run"] = run.id if run is not None else None
+            self.run.use(source.ref)
+        self.run.update_config({"resumed_from": resumed})
+
+    def finish_points(self) -> None:
+        """The training finished: remove its resume point, and the one it resumed from."""
+        run_id = run_id_of(self.run)
+        repo = self.shelf.repository
+        if run_id is not None and self.keeps_points:
+            drop_point(repo, self.name, run_id)
+        if self.resumed_point is not None:
+            drop_point(repo, self.name, self.resumed_point.run_id)
+            self.resumed_point = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "best": self.best, "best_version": self.best_version}

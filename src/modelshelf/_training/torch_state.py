@@ -48,13 +48,14 @@ def model_parts(
     state: dict[str, Any] | None,
     framework: str,
     init_args: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> Parts:
     """Weights (as safetensors) and, when ``state`` is given, the training state (torch.save).
 
     The training state is stored without its copy of the weights (``state_dict``): those are
     in the safetensors file already, and resuming reads them from there.
     """
-    blobs, info = torch_parts(model, init_args, to_host=True)
+    blobs, info = torch_parts(model, init_args, to_host=True, recipe=recipe)
     info["framework"] = framework
     files: dict[str, Callable[[Path], None]] = {}
     if state is not None:
