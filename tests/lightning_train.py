@@ -6,6 +6,8 @@ python lightning_train.py SHELF --epochs N [--resume] [--kill-after-version K] [
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +42,7 @@ class Net(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> None:
         x, y = batch
         self.log("val_loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
+        self.log("worse", float(self.current_epoch))  # improves once, at epoch 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
@@ -50,6 +53,19 @@ def loaders() -> tuple[DataLoader, DataLoader]:
     train = DataLoader(TensorDataset(x[:320], y[:320]), batch_size=32, shuffle=False)
     val = DataLoader(TensorDataset(x[320:], y[320:]), batch_size=128)
     return train, val
+
+
+class KillAfterEpoch(L.Callback):
+    """Simulates a preemption right after epoch E's checkpoint (version or resume point) is
+    written."""
+
+    def __init__(self, checkpoint: ShelfCheckpoint, epoch: int) -> None:
+        self.checkpoint, self.epoch = checkpoint, epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.checkpoint.engine._writer.drain()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class KillAfter(L.Callback):
@@ -72,16 +88,21 @@ def main() -> None:
     parser.add_argument("--kill-after-version", type=int, default=None)
     parser.add_argument("--ddp", action="store_true")
     parser.add_argument("--save", default="improved")
+    parser.add_argument("--monitor", default="val_loss")
+    parser.add_argument("--kill-after-epoch", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     L.seed_everything(0, workers=True)
     shelf = ms.Shelf(args.shelf)
-    callbacks: list[L.Callback] = [
-        ShelfCheckpoint("net", shelf=shelf, monitor="val_loss", save=args.save, resume=args.resume)
-    ]
+    checkpoint = ShelfCheckpoint(
+        "net", shelf=shelf, monitor=args.monitor, save=args.save, resume=args.resume
+    )
+    callbacks: list[L.Callback] = [checkpoint]
     if args.kill_after_version is not None:
         callbacks.append(KillAfter(shelf, args.kill_after_version))
+    if args.kill_after_epoch is not None:
+        callbacks.append(KillAfterEpoch(checkpoint, args.kill_after_epoch))
     trainer = L.Trainer(
         max_epochs=args.epochs,
         callbacks=callbacks,

@@ -241,6 +241,37 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_a_kill_between_improvements_resumes_from_the_last_epoch_bit_exact(
+    tmp_path: Path,
+) -> None:
+    """Only epoch 0 improves ('worse' grows); killed after epoch 3, the relaunch goes on at
+    epoch 4 from the resume point (weights, optimizer, loops), not from v0 at epoch 1."""
+    common = ["--epochs", "6", "--monitor", "worse"]
+    full = _script(
+        str(tmp_path / "full"), *common, "--out", str(tmp_path / "full.pt"), tmp=tmp_path
+    )
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _script(str(tmp_path / "shelf"), *common, "--kill-after-epoch", "3", tmp=tmp_path)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    shelf = ms.Shelf(tmp_path / "shelf")
+    assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0]
+    resumed = _script(
+        str(tmp_path / "shelf"), *common, "--resume", "--out", str(tmp_path / "resumed.pt"),
+        tmp=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "epochs run: 6 global step: 60" in resumed.stdout
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    run = next(r for r in shelf.runs() if r.status == "finished")
+    assert run.config["resumed_from"]["epoch"] == 3
+    assert [v.metadata["epoch"] for v in shelf.versions("net")] == [0]  # nothing improved
+    assert shelf.repository.storage.find("resume") == []
+
+
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_write_each_checkpoint_once(tmp_path: Path) -> None:
     proc = _script(
         str(tmp_path / "shelf"),
@@ -352,3 +383,85 @@ def test_lightning_cli_takes_the_callback_and_its_options_from_the_command_line(
     assert {v.metadata["monitor"] for v in versions} == {"val_loss"}
     run = versions[0].logged_by()
     assert run is not None and run.config["hparams"]["lr"] == 0.1
+
+
+class EpochMetrics(Scripted):
+    """Logs a training metric reduced per epoch, as most modules do."""
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+
+def test_a_versions_metrics_are_those_its_epoch_logged(tmp_path: Path) -> None:
+    import csv
+
+    shelf = ms.Shelf(tmp_path / "shelf")
+    cb = ShelfCheckpoint("net", shelf=shelf, save="all", keep_last=None)
+    x, y = digits(384)
+    trainer = L.Trainer(
+        max_epochs=3, callbacks=[cb], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, logger=L.loggers.CSVLogger(tmp_path / "logs"),
+    )  # fmt: skip
+    trainer.fit(
+        EpochMetrics(),
+        DataLoader(TensorDataset(x[:256], y[:256]), batch_size=32),
+        DataLoader(TensorDataset(x[256:], y[256:]), batch_size=128),
+    )
+    with open(trainer.logger.experiment.metrics_file_path) as f:
+        rows = list(csv.DictReader(f))
+    logged = {int(r["epoch"]): float(r["train_loss_epoch"]) for r in rows if r["train_loss_epoch"]}
+    val = {int(r["epoch"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    versions = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in versions] == [0, 1, 2]
+    for v in versions:
+        epoch = v.metadata["epoch"]
+        assert v.metadata["metrics"]["train_loss_epoch"] == pytest.approx(logged[epoch], rel=1e-6)
+        assert v.metadata["metrics"]["val_loss"] == pytest.approx(val[epoch], rel=1e-6)
+
+
+class LitAutoEncoder(L.LightningModule):
+    """Lightning's autoencoder example: the modules are passed in, no save_hyperparameters."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> torch.Tensor:
+        x, _ = batch
+        loss = nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_a_model_that_cannot_be_rebuilt_is_said_at_save_and_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    model = LitAutoEncoder(
+        nn.Sequential(nn.Linear(64, 8), nn.ReLU()), nn.Sequential(nn.Linear(8, 64))
+    )
+    x, y = digits(128)
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[ShelfCheckpoint("ae", shelf=shelf, monitor="train_loss")],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=32))
+    warnings = [r.getMessage() for r in caplog.records if "load_model will need" in r.getMessage()]
+    assert len(warnings) == 1  # once, not at every checkpoint
+    assert "ae: load_model will need model=" in warnings[0] and "LitAutoEncoder" in warnings[0]
+    with pytest.raises(ms.UnsupportedModelError) as err:
+        ms.load_model("ae:best", shelf=shelf)
+    message = str(err.value)
+    assert len(message) < 300 and "LitAutoEncoder" in message and "model=" in message
+    fresh = LitAutoEncoder(
+        nn.Sequential(nn.Linear(64, 8), nn.ReLU()), nn.Sequential(nn.Linear(8, 64))
+    )
+    loaded = ms.load_model("ae:best", shelf=shelf, model=fresh)
+    assert torch.equal(loaded.encoder[0].weight, model.encoder[0].weight)

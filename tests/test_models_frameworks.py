@@ -65,13 +65,14 @@ with torch.no_grad():
 
 FASTAI_LEARNER = r"""
 import json, sys
+import torch
 import modelshelf as ms
-try:
-    ms.load_model("tabular", shelf=sys.argv[1])
-except ms.UnsupportedModelError as exc:
-    refused = str(exc)
+model = ms.load_model("tabular", shelf=sys.argv[1])  # rebuilt from tabular_learner's recipe
+x_cont = torch.tensor(json.loads(sys.argv[2]))
+with torch.no_grad():
+    out = model(torch.zeros((len(x_cont), 0), dtype=torch.long), x_cont).tolist()
 learn = ms.load_model("tabular", shelf=sys.argv[1], allow_pickle=True)
-print(json.dumps({"cls": type(learn).__name__, "refused": refused}))
+print(json.dumps({"cls": type(learn).__name__, "model": type(model).__name__, "out": out}))
 """
 
 
@@ -111,9 +112,12 @@ def test_fastai_learner_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fastai_full_learner_needs_allow_pickle(tmp_path: Path) -> None:
+def test_fastai_tabular_learner_rebuilds_and_its_export_needs_allow_pickle(
+    tmp_path: Path,
+) -> None:
     pytest.importorskip("fastai")
     import pandas as pd
+    import torch
     from fastai.tabular.all import CategoryBlock, Normalize, TabularDataLoaders, tabular_learner
     from sklearn.datasets import load_digits
 
@@ -126,9 +130,16 @@ def test_fastai_full_learner_needs_allow_pickle(tmp_path: Path) -> None:
         df, y_names="label", cont_names=cols, procs=[Normalize], y_block=CategoryBlock(),
         valid_idx=list(range(240, 300)), bs=32,
     )  # fmt: skip
-    learn = tabular_learner(dls, layers=[16])
+    learn = tabular_learner(dls, layers=[16, 8], y_range=(0, 9))
+    learn.fit(1, 1e-2)
     v = ms.Shelf(tmp_path / "shelf").log_model(learn, "tabular", export=True)
     assert sorted(v.files) == ["learner.pkl", "model.safetensors"]
-    got = json.loads(fresh(FASTAI_LEARNER, str(tmp_path / "shelf"), tmp=tmp_path))
+    assert v.metadata["model"]["recipe"]["builder"] == "fastai.tabular_learner"
+    x_cont = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    got = json.loads(
+        fresh(FASTAI_LEARNER, str(tmp_path / "shelf"), json.dumps(x_cont.tolist()), tmp=tmp_path)
+    )
+    with torch.no_grad():
+        want = learn.model.eval()(torch.zeros((4, 0), dtype=torch.long), x_cont).tolist()
+    assert got["model"] == "TabularModel" and got["out"] == want
     assert got["cls"] == "TabularLearner"
-    assert "allow_pickle=True" in got["refused"] and "TabularModel" in got["refused"]

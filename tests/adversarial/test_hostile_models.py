@@ -124,3 +124,78 @@ def test_garbage_weights_are_an_integrity_error(tmp_path: Path) -> None:
     shelf.log_artifact(tmp_path / "model.safetensors", name="junk", type="model")
     with pytest.raises(ms.IntegrityError, match="not a readable safetensors file"):
         shelf.load_model("junk", model=MLP(4, 3))
+
+
+# -- fastai factory recipes ----------------------------------------------------------------------
+@pytest.fixture
+def tabular(tmp_path: Path) -> ms.ArtifactVersion:
+    """A model that tabular_learner built, logged with its factory recipe."""
+    pytest.importorskip("fastai")
+    from fastai.tabular.model import TabularModel
+
+    class Learn:  # what the codec reads of a Learner: its model, settings it may lack
+        model = TabularModel([(3, 2)], 4, 2, [8], y_range=(0.0, 1.0))
+        loss_func = opt_func = lr = wd = moms = None
+        metrics: list[Any] = []
+
+    from modelshelf._models.fastai import fastai_recipe
+
+    recipe = fastai_recipe(Learn(), None)
+    assert recipe is not None and recipe["builder"] == "fastai.tabular_learner"
+    shelf = ms.Shelf(tmp_path / "shelf")
+    return shelf.log_model(Learn.model, "tab", init_args={})  # then given the factory recipe
+
+
+def set_recipe(version: ms.ArtifactVersion, recipe: dict[str, Any]) -> None:
+    info = dict(version.metadata["model"])
+    info["recipe"] = recipe
+    version.update_metadata({"model": info})
+
+
+def test_fastai_recipes_call_only_model_zoos(tabular: ms.ArtifactVersion, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    vision = {"builder": "fastai.vision_learner", "args": {"n_out": 2, "n_in": 1, "lin_ftrs": [],
+              "ps": [0.5], "concat_pool": True, "y_range": None}}  # fmt: skip
+    for arch in ["os:system", "subprocess:run", "builtins:exec", "zoo:MLP", "../x:y", 7]:
+        set_recipe(tabular, {**vision, "arch": arch})
+        with pytest.raises(ms.UnsupportedModelError, match="model=") as exc:
+            tabular.shelf.load_model("tab")
+        assert len(str(exc.value)) < 300
+    assert not marker.exists()
+    set_recipe(tabular, {**vision, "arch": "torchvision.models.resnet:ResNet.__init__"})
+    with pytest.raises(ms.UnsupportedModelError):  # a zoo, but not what it built: no fit
+        tabular.shelf.load_model("tab")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"emb_szs": [[3, 2]], "n_cont": -1, "out_sz": 2, "layers": [8]},
+        {"emb_szs": [[3, 2, 1]], "n_cont": 4, "out_sz": 2, "layers": [8]},
+        {"emb_szs": "x", "n_cont": 4, "out_sz": 2, "layers": [8]},
+        {"emb_szs": [[3, 2]], "n_cont": 4, "out_sz": 2, "layers": [10**9]},
+        {"emb_szs": [[3, 2]], "n_cont": 4, "out_sz": True, "layers": [8]},
+        {"emb_szs": [[3, 2]], "n_cont": 4, "out_sz": 2, "layers": [8], "y_range": [0, 1, 2]},
+    ],
+)
+def test_odd_fastai_recipe_arguments_are_refused(
+    tabular: ms.ArtifactVersion, args: dict[str, Any]
+) -> None:
+    set_recipe(tabular, {"builder": "fastai.tabular_learner", "args": args})
+    with pytest.raises(ms.UnsupportedModelError, match="model="):
+        tabular.shelf.load_model("tab")
+
+
+def test_a_tabular_recipe_rebuilds_the_model(tabular: ms.ArtifactVersion) -> None:
+    from fastai.tabular.model import TabularModel
+
+    from modelshelf._models.fastai_recipes import learner_recipe
+
+    class Learn:
+        model = TabularModel([(3, 2)], 4, 2, [8], y_range=(0.0, 1.0))
+
+    recipe = learner_recipe(Learn())
+    assert recipe is not None
+    set_recipe(tabular, recipe)
+    model = tabular.shelf.load_model("tab")
+    assert type(model).__name__ == "TabularModel"

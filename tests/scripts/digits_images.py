@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 
-def digits_folder(root: Path, n: int = 600, valid: float = 0.25) -> Path:
+def digits_folder(root: Path, n: int = 1797, valid: float = 0.25) -> Path:
     """Write ``n`` digits (8x8, grey, 0-255) under ``root`` once; return ``root``."""
     if (root / "done").exists():
         return root

@@ -39,12 +39,22 @@ class Report(Callback):
     order = 90  # after the Recorder
 
     def __init__(self, kill_after: int | None) -> None:
-        self.kill_after = kill_after
+        self.kill_after, self.trained, self.fits = kill_after, False, -1
+
+    def before_fit(self) -> None:
+        self.fits += 1
+
+    def after_train(self) -> None:
+        self.trained = True  # not called for an epoch a resumed fit skips
 
     def after_epoch(self) -> None:
+        trained, self.trained = self.trained, False
+        if not trained:
+            return
         names = self.recorder.metric_names[1:-1]
         values = dict(zip(names, self.recorder.values[-1], strict=False))
-        print(json.dumps({"epoch": self.epoch, **{k: float(v) for k, v in values.items()}}))
+        row = {"epoch": self.epoch, "fit": self.fits, **{k: float(v) for k, v in values.items()}}
+        print(json.dumps(row))
         sys.stdout.flush()
         if self.kill_after is not None and self.epoch >= self.kill_after:
             for cb in self.learn.cbs:  # wait for the pending write, as a preemption would not
@@ -73,7 +83,7 @@ def main() -> None:
         splitter=GrandparentSplitter(train_name="train", valid_name="valid"),
         get_y=parent_label,
     )
-    dls = dblock.dataloaders(path, bs=64, num_workers=0)
+    dls = dblock.dataloaders(path, bs=32, num_workers=0)
     learn = vision_learner(dls, resnet18, pretrained=False, n_in=1, metrics=accuracy)
     cbs = [
         ShelfCheckpoint("digits-resnet", shelf=args.shelf, resume=args.resume),

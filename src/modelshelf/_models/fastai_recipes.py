@@ -181,6 +181,18 @@ def _arch(rec: dict[str, Any], ref: str, trust_recipe: bool) -> Any:
 def build(rec: dict[str, Any], ref: str, *, trust_recipe: bool) -> nn.Module:
     """The model a fastai factory recipe describes, freshly initialised."""
     require("fastai", "Rebuilding a fastai model")
+    try:
+        return _build(rec, ref, trust_recipe=trust_recipe)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # the factory refused what the recipe gave it
+        raise UnsupportedModelError(
+            f"{ref}: fastai could not build its model from the recorded recipe "
+            f"({type(exc).__name__}: {str(exc)[:100]}). Pass model=MyModel(...)."
+        ) from None
+
+
+def _build(rec: dict[str, Any], ref: str, *, trust_recipe: bool) -> nn.Module:
     args = rec.get("args")
     if not isinstance(args, dict):
         raise _bad(ref, "no arguments")

@@ -114,6 +114,9 @@ def recipe(model: torch.nn.Module, init_args: dict[str, Any] | None) -> dict[str
     """
     cls = type(model)
     out: dict[str, Any] = {"class": _class_path(cls), "lightning": is_lightning(model)}
+    script = _script_of(cls)
+    if script is not None:
+        out["script"] = script
     why = None
     if init_args is not None:
         out["init_args"] = clean_metadata(init_args, "init_args")
@@ -141,11 +144,24 @@ def recipe(model: torch.nn.Module, init_args: dict[str, Any] | None) -> dict[str
         else:
             out["init_args"] = {}
     if why is None and not _nested_classes(out["init_args"]):
-        why = rebuild_problem(model, out, lambda: rebuild(out, "", trusted_class=cls))
+        args = out["init_args"]
+        if out["lightning"]:
+            args = _lightning_args(cls, args)
+        why = rebuild_problem(model, out, lambda: cls(**args))
     if why is not None:
         out["init_args"] = None
         out["why_not"] = why
     return out
+
+
+def _script_of(cls: type) -> str | None:
+    """The module name of the script a class was defined in when it ran as ``__main__``
+    (``python train.py`` gives ``train``), so that loading can find it once imported."""
+    if cls.__module__ != "__main__":
+        return None
+    file = getattr(sys.modules.get("__main__"), "__file__", None)
+    stem = Path(file).stem if isinstance(file, str) else ""
+    return stem if _IDENTIFIER.fullmatch(stem) else None
 
 
 def structure(model: torch.nn.Module) -> list[Any]:
@@ -178,8 +194,10 @@ def rebuild_problem(model: torch.nn.Module, rec: dict[str, Any], build: Any) -> 
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             rebuilt = build()
+    except TypeError as exc:
+        problem = f"{type(model).__qualname__} cannot be built from them ({str(exc)[:150]})"
     except UnsupportedModelError as exc:
-        problem = str(exc)
+        problem = str(exc)[:200]
     except Exception:
         return None  # e.g. a download the constructor needs; loading will say what fails
     else:
@@ -261,15 +279,39 @@ def recorded_class(rec: dict[str, Any], ref: str, *, trust_recipe: bool) -> type
             f"import {module_name} first (your own code that defines the class), pass "
             "trust_recipe=True if you trust who logged it, or pass model=MyModel(...)."
         )
-    obj: Any = module
-    for part in parts:
-        obj = getattr(obj, part, None)
-    if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+    obj = _module_class(module, parts)
+    if obj is None and module_name == "__main__":
+        obj = _script_class(rec, qualname, ref)
+    if obj is None:
         raise UnsupportedModelError(
             f"{ref} records {path!r} as its class, which is not a torch.nn.Module subclass "
             "here; modelshelf calls nothing else. Pass model=MyModel(...) to load into."
         )
     return obj
+
+
+def _module_class(module: Any, parts: list[str]) -> type[torch.nn.Module] | None:
+    obj: Any = module
+    for part in parts:
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) and issubclass(obj, torch.nn.Module) else None
+
+
+def _script_class(rec: dict[str, Any], qualname: str, ref: str) -> type[torch.nn.Module] | None:
+    """A class logged from a script run as ``__main__`` (``python train.py``), found in that
+    script imported as a module by the caller's code (``import train``), never imported here."""
+    script = rec.get("script")
+    if not (isinstance(script, str) and _IDENTIFIER.fullmatch(script)):
+        return None
+    module = sys.modules.get(script)
+    if module is None:
+        raise UnsupportedModelError(
+            f"{ref} was logged from the class {qualname} of the script {script}.py, run as "
+            f"__main__: import {script} first (modelshelf imports nothing a shelf names), or "
+            "pass model=MyModel(...)."
+        )
+    found = _module_class(module, qualname.split("."))
+    return found if found is not None and found.__module__ == script else None
 
 
 def rebuild(
