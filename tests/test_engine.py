@@ -349,6 +349,8 @@ def test_resume_goes_on_after_the_last_completed_epoch_not_the_last_improvement(
     assert resumed.config["resumed_from"] == {"epoch": 3, "run": point.run_id}
     assert points(shelf.repository, "net") == []  # both trainings' points are gone
     assert shelf.repository.storage.find("resume") == []
+    graph = shelf.lineage("net:v1", direction="upstream")
+    assert (f"run:{point.run_id}", f"run:{resumed.id}", "resumed") in graph.edges
 
 
 def test_a_point_of_a_saved_epoch_names_its_version(shelf: ms.Shelf, tmp_path: Path) -> None:

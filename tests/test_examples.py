@@ -57,8 +57,8 @@ def test_make_demo_trains_versions_and_reloads_twice() -> None:
     versions = shelf.versions("digits-cnn")
     assert len(versions) == 12  # six epochs, twice
     best = shelf.get("digits-cnn:best")
-    assert best.metadata["monitored_value"] == min(
-        v.metadata["monitored_value"] for v in versions[6:]
+    assert best.metadata["monitored_value"] == min(  # the best of both trainings
+        v.metadata["monitored_value"] for v in versions
     )
     assert best.metadata["model"]["recipe"]["class"] == "digits_nets:DigitsCNN"  # importable
     assert [v.version for v in shelf.versions("digits")] == [0]  # the same data, logged once

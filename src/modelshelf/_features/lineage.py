@@ -6,7 +6,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InvalidArgumentError
+from .._errors import IntegrityError, InvalidArgumentError, NotFoundError
+from .._format.names import is_run_id
 from .runs import Run
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ class Lineage:
     """Versions and runs, and the edges between them.
 
     An edge is ``(from, to, kind)``: ``used`` goes from a version to the run that used it,
-    ``logged`` from a run to the version it logged.
+    ``logged`` from a run to the version it logged, ``resumed`` from a training run that
+    stopped to the run that went on from where it stood (upstream only).
     """
 
     root: str
@@ -116,7 +118,7 @@ def build(repo: Repository, ref: str, direction: str, depth: int | None) -> Line
             item, hops = queue.popleft()
             if depth is not None and hops >= depth:
                 continue
-            for nxt, edge in _neighbours(item, upstream):
+            for nxt, edge in _neighbours(repo, item, upstream):
                 node = _version_node(nxt) if hasattr(nxt, "ref") else _run_node(nxt)  # type: ignore[arg-type]
                 graph.nodes.setdefault(node["id"], node)
                 edges.add(edge)
@@ -128,13 +130,16 @@ def build(repo: Repository, ref: str, direction: str, depth: int | None) -> Line
 
 
 def _neighbours(
-    item: ArtifactVersion | Run, upstream: bool
+    repo: Repository, item: ArtifactVersion | Run, upstream: bool
 ) -> list[tuple[ArtifactVersion | Run, tuple[str, str, str]]]:
     out: list[tuple[ArtifactVersion | Run, tuple[str, str, str]]] = []
     if isinstance(item, Run):
         rid = f"run:{item.id}"
         if upstream:
             out += [(v, (v.ref, rid, "used")) for v in item.inputs()]
+            resumed = _resumed_run(repo, item)
+            if resumed is not None:
+                out.append((resumed, (f"run:{resumed.id}", rid, "resumed")))
         else:
             out += [(v, (rid, v.ref, "logged")) for v in item.outputs()]
         return out
@@ -145,3 +150,16 @@ def _neighbours(
     else:
         out += [(r, (item.ref, f"run:{r.id}", "used")) for r in item.used_by()]
     return out
+
+
+def _resumed_run(repo: Repository, run: Run) -> Run | None:
+    """The run a checkpoint callback's training resumed (``config["resumed_from"]["run"]``),
+    if it is still on the shelf; a malformed entry is no edge."""
+    resumed = run.config.get("resumed_from")
+    run_id = resumed.get("run") if isinstance(resumed, dict) else None
+    if not isinstance(run_id, str) or not is_run_id(run_id):
+        return None
+    try:
+        return Run.load(repo, run_id)
+    except (NotFoundError, IntegrityError):
+        return None
