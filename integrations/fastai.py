@@ -162,10 +162,13 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
     def after_epoch(self) -> None:
         self._last_steps = self.train_iter
         epoch = self.epoch_offset + self.epoch
-        if self.epoch < self.skip_to or not self.engine.due(epoch):
+        if self.epoch < self.skip_to:
             return
         names = list(self.recorder.metric_names[1:])  # without "epoch"; values omit "time"
         metrics = scalar_metrics(dict(zip(names, self.recorder.values[-1], strict=False)))
+        self.engine.observe(metrics, epoch=epoch, step=self.step_offset + self.train_iter)
+        if not self.engine.due(epoch):
+            return
         decision = self.engine.check(metrics)
         state = None
         if self.engine.wants_state(decision):

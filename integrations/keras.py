@@ -115,9 +115,11 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         self.model.load_weights(path)  # the archive's weights and optimizer variables
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        metrics = scalar_metrics(logs or {})
+        step = (epoch + 1) * int((self.params or {}).get("steps") or 0)
+        self.engine.observe(metrics, epoch=epoch, step=step)
         if not self.engine.due(epoch):
             return
-        metrics = scalar_metrics(logs or {})
         decision = self.engine.check(metrics)
         model, weights_only = self.model, self.engine.save_weights_only
 
@@ -129,7 +131,6 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
             blobs, info = (keras_weights_parts if weights_only else keras_parts)(model, tmp)
             return Parts(dict(blobs), info, cleanup=cleanup)
 
-        step = (epoch + 1) * int((self.params or {}).get("steps") or 0)
         self.engine.commit(decision, epoch=epoch, step=step, metrics=metrics, snapshot=snapshot)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

@@ -178,7 +178,12 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         # epoch without validation (check_val_every_n_epoch > 1) is checked only when there
         # is no validation at all, as ModelCheckpoint does.
         validated, self._validated = self._validated, False
-        if not self._skip(trainer) and (validated or not trainer.enable_validation):
+        if self._skip(trainer):
+            return
+        if trainer.is_global_zero:
+            metrics = scalar_metrics(trainer.callback_metrics)
+            self.engine.observe(metrics, epoch=trainer.current_epoch, step=trainer.global_step)
+        if validated or not trainer.enable_validation:
             self._check(trainer, pl_module)
 
     def _check(self, trainer: Any, pl_module: Any) -> None:

@@ -62,7 +62,9 @@ def test_read_commands_json(populated: Path, tmp_path: Path) -> None:
     versions = json.loads(cli("ls", "cnn", "--json", shelf=populated).stdout)
     assert [v["ref"] for v in versions] == ["cnn:v0", "cnn:v1", "cnn:v2"]
     shown = json.loads(cli("show", "cnn:v1", "--json", shelf=populated).stdout)
-    assert shown["metadata"] == {"epoch": 1} and shown["files"]["m.txt"]["size"] == 7
+    # The run's latest metric is fixed on the version when it is logged.
+    assert shown["metadata"] == {"epoch": 1, "metrics": {"epoch": 1, "val_loss": 0.5}}
+    assert shown["files"]["m.txt"]["size"] == 7
     diff = json.loads(cli("diff", "cnn:v0", "cnn:v2", "--json", shelf=populated).stdout)
     assert diff["metadata"] == {"epoch": [0, 2]} and diff["config"]["lr"] == [1.0, 0.01]
     rows = json.loads(

@@ -421,3 +421,26 @@ def test_a_point_file_that_does_not_match_its_digest_is_refused(
     (point,) = points(shelf.repository, "net")
     with pytest.raises(ms.IntegrityError, match=r"damaged 'w\.bin'"):
         point.path("w.bin")
+
+
+def test_each_epochs_metrics_go_to_the_runs_history_and_summary(shelf: ms.Shelf) -> None:
+    e = engine(shelf, monitor="val_loss", every_n_epochs=2)
+    e.begin({}, is_writer=True)
+    for epoch, value in enumerate([3.0, 2.0, 2.5]):
+        metrics = {"val_loss": value, "acc": 1 / value}
+        e.observe(metrics, epoch=epoch, step=10 * (epoch + 1))
+        if e.due(epoch):
+            d = e.check(metrics)
+            e.commit(
+                d, epoch=epoch, step=10 * (epoch + 1), metrics=metrics, snapshot=snapshot(epoch)
+            )
+    run = e.run
+    e.end()
+    (loaded,) = shelf.runs()
+    assert loaded == run
+    assert [(r["step"], r["epoch"], r["val_loss"]) for r in loaded.history()] == [
+        (10, 0, 3.0),
+        (20, 1, 2.0),
+        (30, 2, 2.5),
+    ]  # fmt: skip  (every epoch, checked or not)
+    assert loaded.summary["val_loss"] == 2.5 and loaded.summary["epoch"] == 2

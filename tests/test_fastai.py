@@ -73,6 +73,10 @@ def test_improved_versions_metadata_and_config(tmp_path: Path) -> None:
     )
     run = versions[-1].logged_by()
     assert run is not None and run.status == "finished" and run.config["note"] == "x"
+    history = run.history()  # every epoch's metrics, for ranking runs
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4, 5]
+    assert [row["score"] for row in history] == SCORES[:6]
+    assert run.summary["score"] == SCORES[5]
     assert run.config["n_items"] == {"train": 256, "valid": 128} and run.config["batch_size"] == 32
     assert run.config["n_epoch"] == 6 and run.config["learner"]["opt_func"] == "Adam"
 

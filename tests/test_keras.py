@@ -65,6 +65,10 @@ def test_improved_versions_metadata_and_config(tmp_path: Path) -> None:
     assert meta["model"]["format"] == "keras" and sorted(versions[-1].files) == ["model.keras"]
     run = versions[-1].logged_by()
     assert run is not None and run.status == "finished" and run.config["note"] == "x"
+    history = run.history()  # every epoch's metrics, for ranking runs
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4, 5]
+    assert [row["score"] for row in history] == SCORES[:6]
+    assert run.summary["score"] == SCORES[5]
     assert run.config["params"]["epochs"] == 6 and run.config["backend"] == "tensorflow"
     assert run.config["optimizer"]["name"] == "adam" and run.config["model"]["name"]
     assert "SparseCategoricalCrossentropy" in str(run.config["compile"]["loss"])

@@ -86,6 +86,10 @@ def test_improved_saves_one_version_per_improvement(tmp_path: Path) -> None:
     assert run.config["optimizers"][0]["param_groups"][0]["lr"] == 0.1
     assert run.config["dataset_sizes"] == {"train": 256, "val": 128}
     assert run.config["batch_size"] == 32
+    history = run.history()  # every epoch's metrics, for ranking runs
+    assert [row["epoch"] for row in history] == list(range(len(SCORES)))
+    assert [row["score"] for row in history] == pytest.approx(SCORES)  # float32 in Lightning
+    assert run.summary["score"] == pytest.approx(SCORES[-1]) and "val_loss" in run.summary
 
 
 def test_all_saves_every_checked_epoch_and_best_at_the_minimum(tmp_path: Path) -> None:

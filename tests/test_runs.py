@@ -201,3 +201,35 @@ def test_run_on_another_host_is_crashed_once_its_heartbeat_is_stale(shelf: ms.Sh
     fresh = isoformat(now()).encode()
     storage.replace(f"runs/{elsewhere}/heartbeat", fresh)
     assert shelf.get_run(elsewhere).status == "running"
+
+
+def test_a_versions_metrics_are_the_runs_values_when_it_was_logged(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    f = tmp_path / "m.bin"
+    with shelf.run() as run:
+        run.log({"acc": 0.6}, step=0)
+        f.write_bytes(b"0")
+        run.log_artifact(f, name="m", type="model")
+        run.log({"acc": 0.7}, step=1)
+        f.write_bytes(b"1")
+        run.log_artifact(f, name="m", type="model", metadata={"acc": 0.75, "note": "x"})
+        run.log({"acc": 0.9}, step=2)  # the final summary belongs to no version
+    assert [r["metrics"] for r in shelf.compare("m")] == [{"acc": 0.6}, {"acc": 0.75}]
+    assert shelf.best("m", "acc", mode="max").ref == "m:v1"
+    assert shelf.diff("m:v0", "m:v1").metrics == {"acc": (0.6, 0.75)}
+    assert shelf.get_run(run.id).summary["acc"] == 0.9
+
+
+def test_runs_are_ranked_by_a_summary_metric(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    for acc in (0.7, 0.9, None, 0.8):
+        with shelf.run() as run:
+            if acc is not None:
+                run.log({"val_acc": acc})
+    best_first = shelf.runs(order_by="val_acc", descending=True)
+    assert [r.summary.get("val_acc") for r in best_first] == [0.9, 0.8, 0.7, None]
+    assert [r.summary.get("val_acc") for r in shelf.runs(order_by="val_acc")] == [
+        0.7, 0.8, 0.9, None,
+    ]  # fmt: skip
+    started = shelf.runs()
+    assert started == sorted(started, key=lambda r: r.started_at)

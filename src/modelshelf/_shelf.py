@@ -22,10 +22,27 @@ from ._features.diff import Diff
 from ._features.fsck import FsckReport
 from ._features.fsck import fsck as run_fsck
 from ._features.lineage import Lineage
-from ._features.runs import Run
+from ._features.runs import Run, metrics_at_commit, order_runs
 from ._format.names import LATEST, run_id_of, validate_alias, validate_name, validate_tag
 from ._format.records import clean_metadata
 from ._models import load_model, log_model
+
+
+def with_run_metrics(repo: Any, metadata: dict[str, Any], run: Any) -> dict[str, Any]:
+    """``metadata`` with ``"metrics"`` fixed now, when a run logs the version and none were
+    given: the latest value of each metric the run has logged (a version's metrics are its
+    own; the run's final summary may belong to a later version)."""
+    if run is None or "metrics" in metadata:
+        return metadata
+    metrics = metrics_at_commit(repo, run)
+    if not metrics:
+        return metadata
+    given = {  # numbers given with the version itself are its metrics too, and win
+        k: v
+        for k, v in metadata.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("model", "config")
+    }
+    return {**metadata, "metrics": {**metrics, **given}}
 
 
 class Shelf:
@@ -87,7 +104,7 @@ class Shelf:
         # 'latest' moves to every new version by itself; accept it here, as W&B users write it.
         aliases = [validate_alias(a) for a in aliases if a != LATEST]
         tags = sorted({validate_tag(t) for t in tags})
-        meta = {**artifact.metadata, **clean_metadata(metadata)}
+        meta = with_run_metrics(self._repo, {**artifact.metadata, **clean_metadata(metadata)}, run)
         desc = description if description is not None else artifact.description
         fields = {"description": desc, "metadata": meta, "tags": tags}
         return self._repo.commit(
@@ -117,6 +134,7 @@ class Shelf:
         ``nn.Module`` (a ``LightningModule`` uses its ``hparams``); ``export=True`` (fastai):
         also store fastai's pickled export of the whole Learner.
         """
+        metadata = with_run_metrics(self._repo, clean_metadata(metadata), run)
         return log_model(
             self._repo, model, name, aliases=aliases, metadata=metadata, config=config,
             run_id=run_id_of(run), options=options,
@@ -182,10 +200,18 @@ class Shelf:
         return Run.start(self._repo, name, job_type, config, project)
 
     def runs(
-        self, *, job_type: str | None = None, status: str | None = None, project: str | None = None
+        self,
+        *,
+        job_type: str | None = None,
+        status: str | None = None,
+        project: str | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
     ) -> list[Run]:
-        """The runs on the shelf, oldest first, optionally filtered."""
-        return Run.load_all(self._repo, job_type, status, project)
+        """The runs on the shelf, optionally filtered; oldest first, or by the summary metric
+        ``order_by`` (lowest first; ``descending=True`` for highest first), runs without it
+        last."""
+        return order_runs(Run.load_all(self._repo, job_type, status, project), order_by, descending)
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id. Raises NotFoundError listing recent runs."""

@@ -148,11 +148,11 @@ def _changes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]
 
 
 def metrics_of(version: ArtifactVersion) -> dict[str, Any]:
-    """Numbers that describe a version: its run's summary, then its metadata's numbers."""
+    """The version's own metrics, fixed when it was committed: its metadata's ``metrics``
+    (a run that logs a version without them records its latest values there), else the
+    numbers of its metadata. Never the logging run's final summary, which may belong to a
+    later version of the same run."""
     out: dict[str, Any] = {}
-    run = version.logged_by()
-    if run is not None:
-        out.update({k: v for k, v in flatten(run.summary).items() if _num(v)})
     # A "metrics" dict, when there is one (checkpoints have it), holds the metrics, and the
     # other numbers (epoch, step, ...) are bookkeeping; without one, every number counts.
     # "model" (what log_model records) and "config" are descriptions, never metrics.
@@ -163,6 +163,11 @@ def metrics_of(version: ArtifactVersion) -> dict[str, Any]:
         meta = {k: v for k, v in version.metadata.items() if k not in ("model", "config")}
     out.update({k: v for k, v in flatten(meta).items() if _num(v)})
     return out
+
+
+def _described(version: ArtifactVersion) -> dict[str, Any]:
+    """The metadata but its metrics (a diff shows those on their own)."""
+    return {k: v for k, v in version.metadata.items() if k != "metrics"}
 
 
 def config_of(version: ArtifactVersion) -> dict[str, Any]:
@@ -301,7 +306,7 @@ def diff(repo: Repository, a: str, b: str) -> Diff:
         result.files.append(FileChange(path, status, x.size if x else None, y.size if y else None))
         if status == "changed" and path.endswith(_TENSOR_SUFFIXES):
             result.tensors[path] = compare_tensors(va.path(path), vb.path(path))
-    result.metadata = _changes(va.metadata, vb.metadata)
+    result.metadata = _changes(_described(va), _described(vb))
     result.config = _changes(config_of(va), config_of(vb))
     ma, mb = metrics_of(va), metrics_of(vb)
     result.metrics = {k: (ma.get(k), mb.get(k)) for k in sorted(set(ma) | set(mb))}

@@ -43,7 +43,7 @@ from .._errors import (
     NotFoundError,
 )
 from .._format.layout import RUNS, RunKeys
-from .._format.names import RUN_ID_RULE, is_run_id, validate_name
+from .._format.names import RUN_ID_RULE, is_run_id, run_id_of, validate_name
 from .._format.records import (
     RunEnd,
     UnreadableRecord,
@@ -310,6 +310,16 @@ class Run:
             if time.monotonic() - self._last_flush > FLUSH_SECONDS or len(self._buffer) >= 500:
                 self.flush()
 
+    def latest_metrics(self) -> dict[str, float]:
+        """The latest value of each number in the summary (logged or set), as floats."""
+        with self._lock:
+            summary = dict(self.summary)
+        return {
+            k: float(v)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not _nan(v)
+        }
+
     def flush(self) -> None:
         """Write buffered metrics and the summary to the shelf."""
         with self._lock:
@@ -510,3 +520,31 @@ class Run:
 
 def _nan(value: Any) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
+
+
+def metrics_at_commit(repo: Repository, run: Any) -> dict[str, float]:
+    """The latest value of each number ``run`` has logged, now: what a version that the run
+    logs without ``metadata["metrics"]`` records as its own metrics (never the run's final
+    summary, which a later version may have moved)."""
+    if run is None:
+        return {}
+    found: Run = run if isinstance(run, Run) else None  # type: ignore[assignment]
+    if found is None:
+        try:
+            found = Run.load(repo, run_id_of(run) or "")
+        except (NotFoundError, IntegrityError):
+            return {}
+    return found.latest_metrics()
+
+
+def order_runs(runs: list[Run], order_by: str | None, descending: bool) -> list[Run]:
+    """``runs`` sorted by the summary metric ``order_by`` (runs without it last, either way);
+    by start time without one."""
+    if order_by is None:
+        return sorted(runs, key=lambda r: (r.started_at, r.id), reverse=descending)
+
+    values = {r.id: r.latest_metrics().get(order_by) for r in runs}
+    scored = [r for r in runs if values[r.id] is not None]
+    missing = [r for r in runs if values[r.id] is None]
+    scored.sort(key=lambda r: (values[r.id], r.started_at), reverse=descending)
+    return scored + missing

@@ -27,6 +27,7 @@ from .._errors import (
     IntegrityError,
     InvalidArgumentError,
     InvalidMetadataError,
+    ModelshelfError,
     NotFoundError,
 )
 from .._features.resume import ResumePoint, drop_point, points, write_point
@@ -302,6 +303,19 @@ class CheckpointEngine:
     @property
     def write_error(self) -> BaseException | None:
         return self._writer.error
+
+    def observe(self, metrics: dict[str, float], *, epoch: int, step: int) -> None:
+        """Log an epoch's metrics into the run's history (its summary follows), on the
+        writer, every epoch, checked or not: runs can be ranked by them."""
+        if not self.is_writer or not hasattr(self.run, "log"):
+            return
+        values = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        if not values:
+            return
+        try:
+            self.run.log({**values, "epoch": epoch}, step=step)
+        except ModelshelfError as exc:  # a run= that is not live any more: training goes on
+            logger.warning("ShelfCheckpoint(%r): could not log metrics: %s", self.name, exc)
 
     # -- deciding ------------------------------------------------------------------------
     def due(self, epoch: int) -> bool:
