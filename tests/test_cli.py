@@ -158,3 +158,133 @@ def test_verify_exits_1_on_corruption(populated: Path) -> None:
     blob.write_text("tampered")
     proc = cli("verify", shelf=populated, check=1)
     assert "BAD cnn:v1" in proc.stdout and "2 ok, 1 bad" in proc.stdout
+
+
+def test_rm_of_a_bare_name_refuses_and_all_deletes_the_artifact(populated: Path) -> None:
+    refused = cli("rm", "cnn", shelf=populated, check=1)
+    assert "rm cnn:vN" in refused.stderr and "rm cnn --all" in refused.stderr
+    assert len(ms.Shelf(populated).versions("cnn")) == 3  # nothing deleted
+    with pytest.raises(ms.InvalidArgumentError, match="all_versions=True"):
+        ms.Shelf(populated).delete("cnn")
+    ms.Shelf(populated).get("cnn:v1").set_alias("production")
+    gone = json.loads(cli("rm", "cnn", "--all", "--json", shelf=populated).stdout)
+    assert gone["deleted"] == ["cnn:v0", "cnn:v1", "cnn:v2"]
+    shelf = ms.Shelf(populated)
+    assert (
+        shelf.versions("cnn") == []
+        and json.loads(cli("ls", "--json", shelf=populated).stdout) == []
+    )
+    with pytest.raises(ms.NotFoundError):
+        shelf.get("cnn:production")
+
+
+def test_prune_older_than_unused_and_dry_run(populated: Path, tmp_path: Path) -> None:
+    shelf = ms.Shelf(populated)
+    with shelf.run(job_type="evaluate") as run:
+        run.use("cnn:v0")  # used: never "unused"
+    dry = json.loads(cli("prune", "cnn", "--unused", "--dry-run", "--json", shelf=populated).stdout)
+    assert dry["deleted"] == ["cnn:v1"]  # v0 was used, v2 holds latest
+    assert dry["gc_would_free"] == shelf.get("cnn:v1").size
+    assert len(shelf.versions("cnn")) == 3  # a dry run deletes nothing
+    none = json.loads(cli("prune", "cnn", "--older-than", "30d", "--json", shelf=populated).stdout)
+    assert none["deleted"] == []  # all are minutes old
+    text = cli(
+        "prune", "cnn", "--older-than", "0s", "--keep-last", "1", "--dry-run", shelf=populated
+    )
+    assert (
+        "would delete 2 version(s): cnn:v0, cnn:v1" in text.stdout
+        and "gc would then free" in text.stdout
+    )
+    assert cli("prune", "cnn", "--older-than", "soon", shelf=populated, check=2).returncode == 2
+    json.loads(cli("prune", "cnn", "--unused", "--json", shelf=populated).stdout)
+    assert [v.ref for v in shelf.versions("cnn")] == ["cnn:v0", "cnn:v2"]
+
+
+def test_describe_meta_best_and_aliases(populated: Path) -> None:
+    described = json.loads(
+        cli("describe", "cnn:v1", "the good one", "--json", shelf=populated).stdout
+    )
+    assert described["description"] == "the good one"
+    meta = json.loads(
+        cli("meta", "cnn:v1", "owner=ana", "score=0.5", "tags=[1, 2]", "--json",
+            shelf=populated).stdout
+    )  # fmt: skip
+    assert meta["metadata"]["owner"] == "ana" and meta["metadata"]["score"] == 0.5
+    assert meta["metadata"]["tags"] == [1, 2]
+    unset = json.loads(cli("meta", "cnn:v1", "--unset", "owner", "--json", shelf=populated).stdout)
+    assert "owner" not in unset["metadata"]  # removed, not set to null
+    assert "owner" not in ms.Shelf(populated).get("cnn:v1").metadata
+    lowest = json.loads(cli("best", "cnn", "val_loss", "--json", shelf=populated).stdout)
+    assert lowest == {"ref": "cnn:v2", "metric": "val_loss", "value": 1 / 3, "aliases": ["latest"]}
+    highest = cli("best", "cnn", "val_loss", "--max", shelf=populated).stdout
+    assert highest.startswith("cnn:v0  val_loss=1")
+    cli("alias", "cnn:v0", "production", shelf=populated)
+    cli("alias", "cnn:v1", "production", shelf=populated)
+    held = json.loads(cli("aliases", "cnn", "--json", shelf=populated).stdout)
+    assert held == {"latest": "cnn:v2", "production": "cnn:v1"}
+    moves = json.loads(cli("aliases", "cnn", "--history", "--json", shelf=populated).stdout)
+    production = [(m["from"], m["to"]) for m in moves if m["alias"] == "production"]
+    assert production == [(None, "v0"), ("v0", "v1")]
+    assert "production" in cli("aliases", "cnn", "--history", shelf=populated).stdout
+
+
+def test_compare_across_names_sorted(populated: Path, tmp_path: Path) -> None:
+    shelf = ms.Shelf(populated)
+    f = tmp_path / "other.txt"
+    f.write_text("other")
+    shelf.log_artifact(f, name="rnn", type="model", metadata={"metrics": {"val_loss": 0.4}})
+    rows = json.loads(
+        cli("compare", "cnn:v0", "rnn", "cnn:v2", "--sort", "val_loss", "--json",
+            shelf=populated).stdout
+    )  # fmt: skip
+    assert [r["ref"] for r in rows] == ["cnn:v2", "rnn:v0", "cnn:v0"]
+    desc = json.loads(
+        cli("compare", "cnn", "--sort", "val_loss", "--desc", "--json", shelf=populated).stdout
+    )
+    assert [r["ref"] for r in desc] == ["cnn:v0", "cnn:v1", "cnn:v2"]
+    bad = cli("compare", "cnn", "--sort", "nope", shelf=populated, check=2)
+    assert "val_loss" in bad.stderr
+
+
+def test_runs_sorted_and_one_run_with_sparklines(populated: Path) -> None:
+    shelf = ms.Shelf(populated)
+    with shelf.run(config={"lr": 0.5}) as run:
+        for step, loss in enumerate([1.0, 0.5, 0.25, 0.125]):
+            run.log({"loss": loss}, step=step)
+        run.use("cnn:v0")
+    ranked = json.loads(cli("runs", "--sort", "val_loss", "--json", shelf=populated).stdout)
+    assert [r["summary"].get("val_loss") for r in ranked] == [1 / 3, 0.5, 1.0, None]
+    shown = cli("run", run.id, shelf=populated).stdout
+    assert f"run {run.id}" in shown and '"lr": 0.5' in shown
+    assert "loss" in shown and "█" in shown and "▁" in shown
+    assert "inputs: cnn:v0" in shown
+    data = json.loads(cli("run", run.id, "--json", shelf=populated).stdout)
+    assert [row["loss"] for row in data["history"]] == [1.0, 0.5, 0.25, 0.125]
+    assert data["inputs"] == ["cnn:v0"]
+
+
+def test_shelf_text_is_never_taken_for_markup(populated: Path, tmp_path: Path) -> None:
+    shelf = ms.Shelf(populated)
+    v = shelf.get("cnn:v1").update_metadata({"input_shape": [None, 28, 28, 1], "note": "[bold]x"})
+    v.set_description("[red]not red[/red]")
+    shown = cli("show", "cnn:v1", shelf=populated).stdout
+    assert '"input_shape": [null, 28, 28, 1]' in shown and '"note": "[bold]x"' in shown
+    assert "[red]not red[/red]" in shown
+
+
+def test_ls_keeps_refs_whole_at_80_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    f = tmp_path / "m.bin"
+    for i in range(3):
+        f.write_bytes(bytes([i]))
+        shelf.log_artifact(
+            f, name="mnist-convnet-experiment-long", type="model",
+            aliases=[f"candidate-{i}", "production"] if i == 1 else [], tags=["a-long-tag"] * 1,
+        )  # fmt: skip
+    from modelshelf.cli import commands
+
+    monkeypatch.setattr(commands.out, "width", 80)  # a terminal 80 columns wide
+    text = cli("ls", "mnist-convnet-experiment-long", shelf=tmp_path / "shelf").stdout
+    for i in range(3):
+        assert f"mnist-convnet-experiment-long:v{i}" in text
+    assert max(len(line) for line in text.splitlines()) <= 80

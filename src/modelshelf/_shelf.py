@@ -3,9 +3,10 @@ repository core or a feature module; no logic of its own lives here."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, overload
 
 from ._config import default_root
 from ._core.artifact import Artifact, as_artifact
@@ -14,6 +15,7 @@ from ._core.gc import gc as run_gc
 from ._core.labels import AliasEvent
 from ._core.repository import Repository
 from ._core.version import ArtifactVersion
+from ._errors import InvalidArgumentError
 from ._features import cleanup
 from ._features import diff as diffing
 from ._features import lineage as graph
@@ -23,7 +25,14 @@ from ._features.fsck import FsckReport
 from ._features.fsck import fsck as run_fsck
 from ._features.lineage import Lineage
 from ._features.runs import Run, metrics_at_commit, order_runs
-from ._format.names import LATEST, run_id_of, validate_alias, validate_name, validate_tag
+from ._format.names import (
+    LATEST,
+    parse_ref,
+    run_id_of,
+    validate_alias,
+    validate_name,
+    validate_tag,
+)
 from ._format.records import clean_metadata
 from ._models import load_model, log_model
 
@@ -237,24 +246,67 @@ class Shelf:
         return diffing.best(self._repo, name, metric, mode)
 
     # -- clean-up ------------------------------------------------------------------------
-    def delete(self, ref: str, *, force: bool = False) -> ArtifactVersion:
-        """Delete one version; it disappears from every listing, and gc frees its bytes.
+    @overload
+    def delete(self, ref: str, *, force: bool = False) -> ArtifactVersion: ...
+
+    @overload
+    def delete(
+        self, ref: str, *, force: bool = False, all_versions: bool
+    ) -> ArtifactVersion | list[ArtifactVersion]: ...
+
+    def delete(
+        self, ref: str, *, force: bool = False, all_versions: bool = False
+    ) -> ArtifactVersion | list[ArtifactVersion]:
+        """Delete one version (``name:v3``, ``name:alias``); it disappears from every listing,
+        and gc frees its bytes.
 
         Version numbers are never reused. ``latest`` moves back by itself; a version with other
-        aliases is refused unless ``force=True``, which removes them.
+        aliases is refused unless ``force=True``, which removes them. A bare ``name`` names no
+        one version and is refused; ``delete("name", all_versions=True)`` deletes every version
+        and alias of the artifact (returning them), and its name stays reserved.
         """
+        parsed = parse_ref(ref)
+        bare = ":" not in ref  # parse_ref reads a bare name as name:latest
+        if all_versions:
+            if not bare:
+                raise InvalidArgumentError(
+                    f"all_versions=True deletes a whole artifact: give its name, not {ref!r}."
+                )
+            return cleanup.delete_all(self._repo, parsed.name)
+        if bare:
+            raise InvalidArgumentError(
+                f"{ref!r} names an artifact, not a version: delete '{ref}:vN' (or "
+                f"'{ref}:latest'), or the whole artifact with all_versions=True."
+            )
         return cleanup.delete(self._repo, ref, force=force)
 
     def prune(
-        self, name: str, *, keep_last: int, keep_aliased: bool = True, dry_run: bool = False
+        self,
+        name: str,
+        *,
+        keep_last: int | None = None,
+        keep_aliased: bool = True,
+        dry_run: bool = False,
+        older_than: _dt.timedelta | float | None = None,
+        unused: bool = False,
     ) -> list[ArtifactVersion]:
-        """Delete all but the newest ``keep_last`` versions (and, by default, aliased ones).
+        """Delete the versions of ``name`` that every given rule selects: all but the newest
+        ``keep_last``; those created more than ``older_than`` ago (a timedelta or seconds);
+        with ``unused=True``, those no run used and that hold no alias (``latest`` included).
+        Aliased versions are kept unless ``keep_aliased=False``.
 
-        Returns the versions deleted (or, with ``dry_run``, that would be).
+        Returns the versions deleted (or, with ``dry_run``, that would be);
+        ``freed_bytes(versions)`` says what gc would free after.
         """
         return cleanup.prune(
-            self._repo, name, keep_last=keep_last, keep_aliased=keep_aliased, dry_run=dry_run
-        )
+            self._repo, name, keep_last=keep_last, keep_aliased=keep_aliased, dry_run=dry_run,
+            older_than=older_than, unused=unused,
+        )  # fmt: skip
+
+    def freed_bytes(self, versions: list[ArtifactVersion]) -> int:
+        """The bytes gc would free once ``versions`` are deleted (their blobs that no other
+        version on the shelf holds)."""
+        return cleanup.freed_bytes(self._repo, versions)
 
     def gc(self, *, dry_run: bool = False, grace_period: float = DEFAULT_GRACE_SECONDS) -> GcReport:
         """Free the blobs and manifests that no version needs.

@@ -190,6 +190,18 @@ class ArtifactVersion:
         self._apply_state(self._repo.labels.update_state(self.name, self.version, change))
         return self
 
+    def remove_metadata(self, *keys: str) -> ArtifactVersion:
+        """Remove top-level ``keys`` from the version's metadata (absent ones are ignored)."""
+        gone = set(keys)
+
+        def change(state: Record) -> None:
+            state["metadata"] = {
+                k: v for k, v in state.get("metadata", {}).items() if k not in gone
+            }
+
+        self._apply_state(self._repo.labels.update_state(self.name, self.version, change))
+        return self
+
     # -- lineage -------------------------------------------------------------------------
     def logged_by(self) -> Any:
         """The run that logged this version (a ``Run``), or None."""

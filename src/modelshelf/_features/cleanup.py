@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 from typing import TYPE_CHECKING
 
 from .._errors import ConflictError, InvalidArgumentError
 from .._format.names import LATEST
+from .._format.records import now
 
 if TYPE_CHECKING:
     from .._core.repository import Repository
@@ -27,16 +29,81 @@ def delete(repo: Repository, ref: str, *, force: bool) -> ArtifactVersion:
     return version
 
 
-def prune(
-    repo: Repository, name: str, *, keep_last: int, keep_aliased: bool, dry_run: bool
-) -> list[ArtifactVersion]:
-    """Delete all but the newest ``keep_last`` versions (see ``Shelf.prune``)."""
-    if not isinstance(keep_last, int) or keep_last < 0:
-        raise InvalidArgumentError(f"keep_last must be an int >= 0, not {keep_last!r}.")
+def delete_all(repo: Repository, name: str) -> list[ArtifactVersion]:
+    """Delete every version of ``name`` and all its aliases (see ``Shelf.delete``). The name
+    stays reserved: its type and version numbers are never reused."""
     versions = repo.versions(name)
-    old = versions[: max(len(versions) - keep_last, 0)]
-    doomed = [v for v in old if not (keep_aliased and set(v.aliases) - {LATEST})]
+    held = {a for v in versions for a in v.aliases if a != LATEST}
+    if held:
+        repo.labels.move_aliases(name, dict.fromkeys(sorted(held)))
+    for v in versions:
+        repo.labels.mark_deleted(v.name, v.version)
+    return versions
+
+
+def prune(
+    repo: Repository,
+    name: str,
+    *,
+    keep_last: int | None,
+    keep_aliased: bool,
+    dry_run: bool,
+    older_than: _dt.timedelta | float | None = None,
+    unused: bool = False,
+) -> list[ArtifactVersion]:
+    """Delete the versions of ``name`` that every given rule selects (see ``Shelf.prune``)."""
+    if keep_last is None and older_than is None and not unused:
+        raise InvalidArgumentError(
+            "Say what to prune: keep_last=N, older_than=<age> or unused=True (they combine)."
+        )
+    if keep_last is not None and (
+        not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 0
+    ):
+        raise InvalidArgumentError(f"keep_last must be an int >= 0, not {keep_last!r}.")
+    age = _age(older_than)
+    versions = repo.versions(name)
+    doomed = versions if keep_last is None else versions[: max(len(versions) - keep_last, 0)]
+    if age is not None:
+        cutoff = now() - age
+        doomed = [v for v in doomed if v.created_at < cutoff]
+    if unused:  # no run used it and it holds no alias, `latest` included
+        doomed = [v for v in doomed if not v.aliases and not repo.used_by(v.name, v.version)]
+    if keep_aliased:
+        doomed = [v for v in doomed if not set(v.aliases) - {LATEST}]
     if not dry_run:
         for v in doomed:
             delete(repo, v.ref, force=True)
     return doomed
+
+
+def _age(value: _dt.timedelta | float | None) -> _dt.timedelta | None:
+    if value is None or isinstance(value, _dt.timedelta):
+        age = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        age = _dt.timedelta(seconds=value)
+    else:
+        raise InvalidArgumentError(
+            f"older_than must be a timedelta or seconds, not {value!r}.", value=value
+        )
+    if age is not None and age.total_seconds() < 0:
+        raise InvalidArgumentError(f"older_than must not be negative, not {value!r}.")
+    return age
+
+
+def freed_bytes(repo: Repository, doomed: list[ArtifactVersion]) -> int:
+    """The bytes gc would free once ``doomed`` are deleted: the blobs they hold that no
+    other version on the shelf (of any artifact) holds."""
+    gone = {(v.name, v.version) for v in doomed}
+    kept: set[str] = set()
+    for name in repo.artifacts():
+        for v in repo.versions(name):
+            if (v.name, v.version) not in gone:
+                kept |= v.manifest.blob_hexes()
+    sizes: dict[str, int] = {}
+    for v in doomed:
+        for entry in v.manifest.files.values():
+            if entry.chunks:
+                sizes.update((d.split(":", 1)[1], n) for d, n in entry.chunks)
+            elif entry.hex and entry.ref is None:
+                sizes[entry.hex] = entry.size
+    return sum(n for h, n in sizes.items() if h not in kept)

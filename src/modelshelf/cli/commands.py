@@ -6,6 +6,7 @@ usage errors exit with status 2.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
 import sys
@@ -19,10 +20,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .. import cache
 from .._api import shelf as default_shelf
-from .._errors import IntegrityError, ModelshelfError
+from .._errors import IntegrityError, InvalidArgumentError, ModelshelfError
+from .._features.diff import metrics_of
 from .._progress import human_size, listening
 from .._shelf import Shelf
 
@@ -35,8 +38,10 @@ class _State:
 
 
 state = _State()
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Markup off: names, metadata and errors come from a shelf, and "[null, 28, 28, 1]" or
+# "[bold]" in them must print as they are. Styles are given as Text styles where wanted.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def _shelf() -> Any:
@@ -113,7 +118,9 @@ def ls(
         rows = []
         for n in shelf.artifacts(type=type_):
             versions = shelf.versions(n)
-            last = versions[-1] if versions else None
+            if not versions:
+                continue  # every version deleted (rm NAME --all): the name is only reserved
+            last = versions[-1]
             rows.append(
                 {
                     "name": n,
@@ -127,7 +134,12 @@ def ls(
         if as_json:
             _print_json(rows)
             return
-        table = Table("name", "type", "versions", "latest", "size", box=None)
+        table = Table(box=None)
+        _keep_column(table, "name", [r["name"] for r in rows])
+        for column in ("type", "versions"):
+            table.add_column(column)
+        _keep_column(table, "latest", [r["latest"] or "" for r in rows])
+        table.add_column("size")
         for r in rows:
             table.add_row(
                 r["name"], r["type"], str(r["versions"]), r["latest"], human_size(r["size"])
@@ -138,7 +150,11 @@ def ls(
     if as_json:
         _print_json([v.to_dict() for v in versions])
         return
-    table = Table("version", "aliases", "tags", "size", "created", "run", box=None)
+    table = Table(box=None)
+    _keep_column(table, "version", [v.ref for v in versions])
+    for column in ("aliases", "tags", "size", "created"):
+        table.add_column(column, overflow="fold")
+    table.add_column("run", overflow="ellipsis", max_width=24)
     for v in versions:
         table.add_row(
             v.ref,
@@ -151,6 +167,12 @@ def ls(
     out.print(table)
 
 
+def _keep_column(table: Table, header: str, cells: list[str]) -> None:
+    """A column that never wraps or shrinks below its longest cell: the others give way."""
+    width = max([len(header), *map(len, cells)])
+    table.add_column(header, no_wrap=True, min_width=width)
+
+
 @app.command()
 def show(ref: str, as_json: JsonOpt = False) -> None:
     """Show one version: labels, metadata and files."""
@@ -159,7 +181,7 @@ def show(ref: str, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json({**v.to_dict(), "files": files})
         return
-    out.print(f"[bold]{v.ref}[/bold]  ({v.type}, {human_size(v.size)}, created {_when(v)})")
+    out.print(Text(v.ref, style="bold"), f" ({v.type}, {human_size(v.size)}, created {_when(v)})")
     out.print(f"aliases: {', '.join(v.aliases) or '-'}    tags: {', '.join(v.tags) or '-'}")
     if v.description:
         out.print(f"description: {v.description}")
@@ -186,20 +208,39 @@ def diff(a: str, b: str, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def compare(
-    name: str,
+    refs: Annotated[list[str], typer.Argument(help="Versions (NAME:vN, NAME:alias) or NAMEs.")],
     metric: Annotated[
         list[str] | None, typer.Option("--metric", "-m", help="Metric to show.")
     ] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="Order rows by this metric.")] = None,
+    descending: Annotated[
+        bool, typer.Option("--desc", help="Highest first (with --sort).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """A leaderboard of the versions of NAME."""
-    rows = _shelf().compare(name, metrics=metric or None)
+    """A leaderboard of versions: every version of each NAME, and each NAME:vN given."""
+    shelf = _shelf()
+    wanted = [v.ref for r in refs for v in (shelf.versions(r) if ":" not in r else [shelf.get(r)])]
+    rows = shelf.compare(wanted, metrics=metric or None) if wanted else []
+    if sort is not None:
+        scored = [r for r in rows if isinstance(r["metrics"].get(sort), (int, float))]
+        if not scored:
+            shown = sorted({m for r in rows for m in r["metrics"]})
+            raise typer.BadParameter(
+                f"no version records {sort!r}; metrics: {', '.join(shown) or 'none'}.",
+                param_hint="--sort",
+            )
+        rest = [r for r in rows if r not in scored]
+        rows = sorted(scored, key=lambda r: r["metrics"][sort], reverse=descending) + rest
     if as_json:
         _print_json(rows)
         return
     metrics = sorted({m for r in rows for m in r["metrics"]})
     configs = sorted({c for r in rows for c in r["config"]})
-    table = Table("version", "aliases", *metrics, *configs, box=None)
+    table = Table(box=None)
+    _keep_column(table, "version", [r["ref"] for r in rows])
+    for column in ("aliases", *metrics, *configs):
+        table.add_column(column)
     for r in rows:
         cells = [_cell(r["metrics"].get(m)) for m in metrics]
         cells += [_cell(r["config"].get(c)) for c in configs]
@@ -348,35 +389,177 @@ def verify(
 
 @app.command("rm")
 def rm(
-    ref: str,
+    ref: Annotated[
+        str, typer.Argument(help="A version (NAME:vN, NAME:alias), or NAME with --all.")
+    ],
+    all_: Annotated[
+        bool, typer.Option("--all", help="Delete every version and alias of NAME.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Also if it has aliases.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Delete a version (gc frees its bytes)."""
-    v = _shelf().delete(ref, force=force)
-    out.print(f"deleted {v.ref}")
+    """Delete a version, or with --all a whole artifact (gc frees the bytes)."""
+    shelf = _shelf()
+    if not all_ and ":" not in ref:
+        raise InvalidArgumentError(
+            f"{ref!r} names an artifact, not a version: use 'rm {ref}:vN' for one version or "
+            f"'rm {ref} --all' for all of them."
+        )
+    gone = shelf.delete(ref, force=force, all_versions=all_)
+    deleted = gone if isinstance(gone, list) else [gone]
+    if as_json:
+        _print_json({"deleted": [v.ref for v in deleted]})
+        return
+    out.print(f"deleted {', '.join(v.ref for v in deleted) or 'nothing'}")
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _parse_age(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not an age such as 30d, 12h, 2w or 90m.")
+    return float(match.group(1)) * _AGE_UNITS[match.group(2)]
 
 
 @app.command()
 def prune(
     name: str,
-    keep_last: Annotated[int, typer.Option("--keep-last", min=0, help="Versions to keep.")],
+    keep_last: Annotated[
+        int | None, typer.Option("--keep-last", min=0, help="Keep the newest N versions.")
+    ] = None,
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", help="Only versions older than this: 30d, 12h.")
+    ] = None,
+    unused: Annotated[
+        bool, typer.Option("--unused", help="Only versions no run used and with no alias.")
+    ] = False,
     include_aliased: Annotated[
         bool, typer.Option("--include-aliased", help="Delete aliased versions too.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete all but the newest versions of NAME (aliased ones are kept)."""
-    gone = _shelf().prune(
-        name, keep_last=keep_last, keep_aliased=not include_aliased, dry_run=dry_run
-    )
+    """Delete the versions of NAME that every given rule selects (aliased ones are kept)."""
+    shelf = _shelf()
+    if keep_last is None and older_than is None and not unused:
+        raise typer.BadParameter("give --keep-last N, --older-than AGE or --unused (they combine).")
+    gone = shelf.prune(
+        name, keep_last=keep_last, keep_aliased=not include_aliased, dry_run=dry_run,
+        older_than=_parse_age(older_than) if older_than is not None else None, unused=unused,
+    )  # fmt: skip
+    freed = shelf.freed_bytes(gone) if dry_run else None
     if as_json:
-        _print_json({"dry_run": dry_run, "deleted": [v.ref for v in gone]})
+        _print_json({"dry_run": dry_run, "deleted": [v.ref for v in gone], "gc_would_free": freed})
         return
     verb = "would delete" if dry_run else "deleted"
-    out.print(
-        f"{verb} {len(gone)} version(s)" + (": " + ", ".join(v.ref for v in gone) if gone else "")
+    line = f"{verb} {len(gone)} version(s)" + (
+        ": " + ", ".join(v.ref for v in gone) if gone else ""
     )
+    out.print(line)
+    if freed is not None:
+        out.print(f"gc would then free {human_size(freed)}")
+
+
+@app.command()
+def describe(ref: str, text: str, as_json: JsonOpt = False) -> None:
+    """Set the description of the version REF names."""
+    v = _shelf().get(ref).set_description(text)
+    if as_json:
+        _print_json(v.to_dict())
+    else:
+        out.print(f"{v.ref}: {v.description}")
+
+
+@app.command()
+def meta(
+    ref: str,
+    pairs: Annotated[
+        list[str] | None, typer.Argument(help="key=value; a value is read as JSON if it parses.")
+    ] = None,
+    unset: Annotated[list[str] | None, typer.Option("--unset", help="Remove this key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set (key=value) or remove (--unset key) metadata keys of the version REF names."""
+    updates: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: use key=value.", param_hint="PAIRS")
+        try:
+            updates[key] = json.loads(raw)
+        except ValueError:
+            updates[key] = raw
+    if not updates and not unset:
+        raise typer.BadParameter("give key=value pairs or --unset KEY.")
+    v = _shelf().get(ref)
+    if updates:
+        v = v.update_metadata(updates)
+    if unset:
+        v = v.remove_metadata(*unset)
+    if as_json:
+        _print_json({"ref": v.ref, "metadata": v.metadata})
+    else:
+        out.print(f"{v.ref} metadata: {json.dumps(v.metadata, sort_keys=True)}")
+
+
+@app.command()
+def best(
+    name: str,
+    metric: str,
+    lowest: Annotated[bool, typer.Option("--min", help="Lowest wins (the default).")] = False,
+    highest: Annotated[bool, typer.Option("--max", help="Highest wins.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The version of NAME with the lowest (--min) or highest (--max) METRIC."""
+    if lowest and highest:
+        raise typer.BadParameter("give --min or --max, not both.")
+    v = _shelf().best(name, metric, mode="max" if highest else "min")
+    value = metrics_of(v).get(metric)
+    if as_json:
+        _print_json({"ref": v.ref, "metric": metric, "value": value, "aliases": v.aliases})
+    else:
+        out.print(f"{v.ref}  {metric}={_cell(value)}  aliases: {', '.join(v.aliases) or '-'}")
+
+
+@app.command()
+def aliases(
+    name: str,
+    history: Annotated[bool, typer.Option("--history", help="Every move, oldest first.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The aliases of NAME and the version each points to; --history: each move."""
+    shelf = _shelf()
+    if history:
+        events = shelf.alias_history(name)
+        rows = [
+            {
+                "alias": e.alias, "at": e.at.isoformat(), "run": e.run_id,
+                "from": None if e.previous is None else f"v{e.previous}",
+                "to": None if e.version is None else f"v{e.version}",
+            }
+            for e in events
+        ]  # fmt: skip
+        if as_json:
+            _print_json(rows)
+            return
+        table = Table("alias", "at", "from", "to", "run", box=None)
+        for r in rows:
+            when = _dt.datetime.fromisoformat(r["at"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            table.add_row(
+                r["alias"], when, r["from"] or "-", r["to"] or "(removed)", r["run"] or ""
+            )
+        out.print(table)
+        return
+    held = {a: v.ref for v in shelf.versions(name) for a in v.aliases}
+    if as_json:
+        _print_json(held)
+        return
+    table = Table("alias", "version", box=None)
+    for a, ref in sorted(held.items()):
+        table.add_row(a, ref)
+    out.print(table)
 
 
 @app.command()
@@ -436,16 +619,25 @@ def copy(
 def runs(
     job_type: Annotated[str | None, typer.Option("--job-type", help="Only this job type.")] = None,
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    sort: Annotated[
+        str | None, typer.Option("--sort", help="Order by this summary metric.")
+    ] = None,
+    descending: Annotated[bool, typer.Option("--desc", help="Highest first.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List runs: status, job type, start, and their summary."""
-    found = _shelf().runs(job_type=job_type, status=status)
+    """List runs: status, job type, start, and their summary (ranked with --sort)."""
+    found = _shelf().runs(job_type=job_type, status=status, order_by=sort, descending=descending)
     if as_json:
         _print_json([r.to_dict() for r in found])
         return
-    table = Table("run", "job type", "status", "started", "summary", box=None)
+    table = Table(box=None)
+    _keep_column(table, "run", [r.id for r in found])
+    for column in ("job type", "status", "started"):
+        table.add_column(column)
+    table.add_column("summary", overflow="fold")
     for r in found:
-        summary = ", ".join(f"{k}={_cell(v)}" for k, v in sorted(r.summary.items())[:4])
+        shown = sorted(r.summary.items(), key=lambda kv: (kv[0] != sort, kv[0]))[:4]
+        summary = ", ".join(f"{k}={_cell(v)}" for k, v in shown)
         table.add_row(
             r.id,
             r.job_type,
@@ -454,6 +646,53 @@ def runs(
             summary,
         )
     out.print(table)
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 24) -> str:
+    """``values`` as a line of block characters, resampled to at most ``width``."""
+    finite = [v for v in values if isinstance(v, (int, float)) and v == v]
+    if not finite:
+        return ""
+    if len(finite) > width:
+        finite = [finite[round(i * (len(finite) - 1) / (width - 1))] for i in range(width)]
+    low, high = min(finite), max(finite)
+    span = (high - low) or 1.0
+    return "".join(_SPARKS[round((v - low) / span * (len(_SPARKS) - 1))] for v in finite)
+
+
+@app.command("run")
+def run_(run_id: str, as_json: JsonOpt = False) -> None:
+    """One run: config, summary, metric history (a sparkline each), inputs and outputs."""
+    r = _shelf().get_run(run_id)
+    history = r.history()
+    inputs, outputs = [v.ref for v in r.inputs()], [v.ref for v in r.outputs()]
+    if as_json:
+        _print_json({**r.to_dict(), "history": history, "inputs": inputs, "outputs": outputs})
+        return
+    out.print(Text(f"run {r.id}", style="bold"), f" ({r.job_type}, {r.status})")
+    out.print(f"started {r.started_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}")
+    if r.error:
+        out.print(f"error: {r.error}")
+    out.print("config: " + json.dumps(r.config, sort_keys=True, default=str))
+    metrics = sorted({k for row in history for k in row if k not in ("step", "at")})
+    if metrics:
+        table = Table("metric", "steps", "first", "last", "min", "max", "history", box=None)
+        for m in metrics:
+            values = [row[m] for row in history if isinstance(row.get(m), (int, float))]
+            if not values:
+                continue
+            table.add_row(
+                m, str(len(values)), _cell(values[0]), _cell(values[-1]), _cell(min(values)),
+                _cell(max(values)), sparkline(values),
+            )  # fmt: skip
+        out.print(table)
+    if r.summary:
+        out.print("summary: " + ", ".join(f"{k}={_cell(v)}" for k, v in sorted(r.summary.items())))
+    out.print(f"inputs: {', '.join(inputs) or '-'}")
+    out.print(f"outputs: {', '.join(outputs) or '-'}")
 
 
 @cache_app.command("info")
