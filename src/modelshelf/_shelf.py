@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any, overload
 
 from ._config import default_root
@@ -19,6 +20,7 @@ from ._errors import InvalidArgumentError
 from ._features import cleanup
 from ._features import diff as diffing
 from ._features import lineage as graph
+from ._features import watch as watching
 from ._features.copy import copy as copy_versions
 from ._features.diff import Diff
 from ._features.fsck import FsckReport
@@ -229,6 +231,29 @@ class Shelf:
     def lineage(self, ref: str, *, direction: str = "both", depth: int | None = None) -> Lineage:
         """The runs and versions upstream (what made it) and/or downstream (what used it)."""
         return graph.build(self._repo, ref, direction, depth)
+
+    def watch(
+        self,
+        name: str,
+        on_version: Callable[[ArtifactVersion], Any],
+        alias: str | None = None,
+        poll: float = 2.0,
+        *,
+        cursor: str | os.PathLike[str] | None = None,
+        stop: threading.Event | None = None,
+        max_events: int | None = None,
+    ) -> int:
+        """Call ``on_version(version)`` once for each new committed version of ``name`` (or,
+        with ``alias``, each move of that alias to a version), polling every ``poll`` seconds.
+
+        ``cursor``: a local file that keeps what was handled, so that a restarted watcher goes
+        on after the last call that returned (without one, it starts from now). Returns the
+        number of calls once ``stop`` is set or ``max_events`` calls were made.
+        """
+        return watching.watch(
+            self._repo, name, on_version, alias=alias, poll=poll, cursor=cursor, stop=stop,
+            max_events=max_events,
+        )  # fmt: skip
 
     # -- comparing -----------------------------------------------------------------------
     def diff(self, a: str, b: str) -> Diff:

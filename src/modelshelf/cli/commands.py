@@ -7,8 +7,12 @@ usage errors exit with status 2.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import os
 import re
+import shlex
+import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from rich.text import Text
 
 from .. import cache
 from .._api import shelf as default_shelf
+from .._config import cache_dir
 from .._errors import IntegrityError, InvalidArgumentError, ModelshelfError
 from .._features.diff import metrics_of
 from .._progress import human_size, listening
@@ -693,6 +698,81 @@ def run_(run_id: str, as_json: JsonOpt = False) -> None:
         out.print("summary: " + ", ".join(f"{k}={_cell(v)}" for k, v in sorted(r.summary.items())))
     out.print(f"inputs: {', '.join(inputs) or '-'}")
     out.print(f"outputs: {', '.join(outputs) or '-'}")
+
+
+def _watcher_id(shelf: Any, name: str, alias: str | None, command: str) -> str:
+    text = json.dumps([shelf.id, name, alias, command])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _done_before(shelf: Any, ref: str, watcher: str) -> bool:
+    """Whether this watcher already ran its command for ``ref`` to the end (a restart after a
+    kill that came between the command's end and the cursor's save)."""
+    for r in shelf.get(ref).used_by():
+        done = r.status in ("finished", "failed")
+        if done and r.job_type == "evaluate" and r.config.get("watch", {}).get("id") == watcher:
+            return True
+    return False
+
+
+@app.command()
+def watch(
+    name: str,
+    command: Annotated[
+        str, typer.Option("--exec", help="Command to run; {ref} becomes the version's ref.")
+    ],
+    alias_: Annotated[
+        str | None, typer.Option("--alias", help="Fire on each move of this alias instead.")
+    ] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries of a failure.")] = 0,
+    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between polls.")] = 2.0,
+    cursor: Annotated[
+        Path | None,
+        typer.Option("--cursor", help="Where to keep what was handled (default: in the cache)."),
+    ] = None,
+    max_events: Annotated[
+        int | None, typer.Option("--max-events", min=1, help="Stop after this many.")
+    ] = None,
+) -> None:
+    """Run a command for each new version of NAME (or each move of --alias), as it lands.
+
+    Each command runs inside a run of job type "evaluate" that uses the version, so lineage
+    shows it; a failing command is reported with its exit status and retried --retries times.
+    A restarted watcher neither misses nor repeats a version (the cursor, and the runs).
+    """
+    shelf = _shelf()
+    watcher = _watcher_id(shelf, name, alias_, command)
+    where = cursor or cache_dir() / "watch" / f"{watcher}.json"
+
+    def evaluate(version: Any) -> None:
+        ref = version.ref
+        if _done_before(shelf, ref, watcher):
+            err.print(f"{ref}: already evaluated by this watcher; skipped")
+            return
+        config = {"watch": {"id": watcher, "name": name, "alias": alias_}, "ref": ref}
+        r = shelf.run(job_type="evaluate", config={**config, "command": command})
+        status, error = "failed", "interrupted"  # unless the command ends well
+        try:
+            r.use(ref)
+            line = command.replace("{ref}", shlex.quote(ref))
+            env = {**os.environ, "MODELSHELF_REF": ref, "MODELSHELF_WATCH_RUN": r.id}
+            for attempt in range(retries + 1):
+                code = subprocess.run(line, shell=True, env=env, check=False).returncode
+                if code == 0:
+                    err.print(f"{ref}: {line} -> ok")
+                    status, error = "finished", ""
+                    break
+                tries = f"attempt {attempt + 1} of {retries + 1}"
+                err.print(f"{ref}: {line} exited with status {code} ({tries})")
+                error = f"{line} exited with status {code}"
+        finally:
+            r.finish(status, error or None)
+
+    err.print(f"watching {name}" + (f":{alias_}" if alias_ else "") + f" every {poll:g} s")
+    try:
+        shelf.watch(name, evaluate, alias=alias_, poll=poll, cursor=where, max_events=max_events)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @cache_app.command("info")
