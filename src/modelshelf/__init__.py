@@ -28,6 +28,7 @@ from ._core.version import FileInfo
 from ._features.diff import Diff
 from ._features.lineage import Lineage
 from ._features.runs import Run
+from ._features.tables import PredictionComparison
 from ._shelf import Shelf
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelshelfError",
     "NotFoundError",
+    "PredictionComparison",
     "Run",
     "Shelf",
     "UnsafeLoadError",

@@ -17,7 +17,7 @@ from ._core.labels import AliasEvent
 from ._core.repository import Repository
 from ._core.version import ArtifactVersion
 from ._errors import InvalidArgumentError
-from ._features import cleanup
+from ._features import cleanup, tables
 from ._features import diff as diffing
 from ._features import lineage as graph
 from ._features import watch as watching
@@ -27,6 +27,7 @@ from ._features.fsck import FsckReport
 from ._features.fsck import fsck as run_fsck
 from ._features.lineage import Lineage
 from ._features.runs import Run, metrics_at_commit, order_runs
+from ._features.tables import PredictionComparison
 from ._format.names import (
     LATEST,
     parse_ref,
@@ -265,6 +266,16 @@ class Shelf:
     ) -> list[dict[str, Any]]:
         """One row per version (ref, aliases, created, metrics, config that varies)."""
         return diffing.compare(self._repo, refs_or_name, metrics)
+
+    def compare_predictions(self, a: str, b: str, labels: Any = None) -> PredictionComparison:
+        """How often two versions' predictions agree, and (with ``labels``: a ref, a sequence,
+        or a label column beside the predictions) how often each is right.
+
+        Each version holds one table (CSV, JSONL, Parquet: its ``prediction``/``pred``/...
+        column, else its last; rows matched on an ``id``/``key`` column when both have one,
+        else by order) or one ``.npy`` (class scores become the arg-max class).
+        """
+        return tables.compare_predictions(self._repo, a, b, labels)
 
     def best(self, name: str, metric: str, mode: str = "min") -> ArtifactVersion:
         """The version of ``name`` with the lowest (``min``) or highest (``max``) ``metric``."""

@@ -1,4 +1,5 @@
-"""Compare versions: files, metadata, config, metrics and, for safetensors files, each tensor."""
+"""Compare versions: files, metadata, config, metrics, and inside changed files: each tensor
+(safetensors, Keras), table rows (CSV, JSONL, Parquet) and array elements (.npy, .npz)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import IntegrityError, InvalidArgumentError, NotFoundError
+from .._errors import IntegrityError, InvalidArgumentError, ModelshelfError, NotFoundError
 from .._progress import human_size
+from . import tables
+from .tables import ArrayDiff, TableDiff
 
 if TYPE_CHECKING:
     from .._core.repository import Repository
@@ -56,6 +59,10 @@ class Diff:
     config: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     metrics: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     tensors: dict[str, list[TensorChange]] = field(default_factory=dict)
+    tables: dict[str, TableDiff] = field(default_factory=dict)
+    arrays: dict[str, list[ArrayDiff]] = field(default_factory=dict)
+    #: files that could not be compared inside (too large, unreadable): why
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def by_status(self, status: str) -> list[FileChange]:
         return [f for f in self.files if f.status == status]
@@ -85,6 +92,9 @@ class Diff:
             "config": {k: list(v) for k, v in self.config.items()},
             "metrics": {k: list(v) for k, v in self.metrics.items()},
             "tensors": {p: [t.__dict__ for t in ts] for p, ts in self.tensors.items()},
+            "tables": {p: t.__dict__ for p, t in self.tables.items()},
+            "arrays": {p: [a.__dict__ for a in arrs] for p, arrs in self.arrays.items()},
+            "skipped": dict(self.skipped),
         }
 
     def __str__(self) -> str:
@@ -119,6 +129,20 @@ class Diff:
                     sign = "+" if t.status == "added" else "-"
                     shape = t.shape_b if t.status == "added" else t.shape_a
                     out.append(f"  {sign} {t.name}: {shape}")
+        for path, table in self.tables.items():
+            out += table.lines(path)
+        for path, arrays in self.arrays.items():
+            for d in arrays:
+                if d.status == "changed":
+                    worst = f", max|d|={d.max_abs_diff:.4g}" if d.max_abs_diff is not None else ""
+                    out.append(
+                        f"array {path}:{d.name}: {d.changed} element(s) changed in "
+                        f"{d.rows_changed} row(s){worst}"
+                    )
+                elif d.status != "unchanged":
+                    out.append(f"array {path}:{d.name}: {d.status} ({d.shape_a} -> {d.shape_b})")
+        for path, why in self.skipped.items():
+            out.append(f"not compared inside {path}: {why}")
         return "\n".join(out)
 
 
@@ -289,6 +313,34 @@ def compare_tensors(path_a: Path, path_b: Path) -> list[TensorChange]:
     return out
 
 
+def _inside(result: Diff, path: str, va: ArtifactVersion, vb: ArtifactVersion) -> None:
+    """Compare what a changed file holds: tensors, Keras variables, table rows, arrays."""
+    lower = path.lower()
+    try:
+        if lower.endswith(_TENSOR_SUFFIXES):
+            result.tensors[path] = compare_tensors(va.path(path), vb.path(path))
+        elif lower.endswith(tables.KERAS_SUFFIXES):
+            a, b = tables.keras_weights(va.path(path)), tables.keras_weights(vb.path(path))
+            result.tensors[path] = [_as_tensor(d) for d in tables.diff_arrays(a, b)]
+        elif lower.endswith(tables.TABLE_SUFFIXES):
+            result.tables[path] = tables.diff_tables(va.path(path), vb.path(path))
+        elif lower.endswith(tables.ARRAY_SUFFIXES):
+            a, b = tables.read_arrays(va.path(path)), tables.read_arrays(vb.path(path))
+            result.arrays[path] = tables.diff_arrays(a, b)
+    except IntegrityError:
+        raise
+    except (ModelshelfError, ImportError, OSError, ValueError, KeyError) as exc:
+        result.skipped[path] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _as_tensor(d: ArrayDiff) -> TensorChange:
+    """A Keras variable's change, reported as a tensor's (per variable, like safetensors)."""
+    return TensorChange(
+        d.name, d.status, shape_a=d.shape_a, shape_b=d.shape_b,
+        max_abs_diff=d.max_abs_diff, rel_l2=d.rel_l2,
+    )  # fmt: skip
+
+
 def diff(repo: Repository, a: str, b: str) -> Diff:
     va, vb = repo.get(a), repo.get(b)
     result = Diff(va.ref, vb.ref)
@@ -304,8 +356,8 @@ def diff(repo: Repository, a: str, b: str) -> Diff:
                 "unchanged" if (x.digest, x.uri, x.size) == (y.digest, y.uri, y.size) else "changed"
             )
         result.files.append(FileChange(path, status, x.size if x else None, y.size if y else None))
-        if status == "changed" and path.endswith(_TENSOR_SUFFIXES):
-            result.tensors[path] = compare_tensors(va.path(path), vb.path(path))
+        if status == "changed":
+            _inside(result, path, va, vb)
     result.metadata = _changes(_described(va), _described(vb))
     result.config = _changes(config_of(va), config_of(vb))
     ma, mb = metrics_of(va), metrics_of(vb)
