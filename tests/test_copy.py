@@ -49,7 +49,8 @@ def test_copy_local_to_s3_then_load_in_a_fresh_process(
 
     copied = team.get("cnn:best")
     assert copied.digest == laptop.get("cnn:best").digest
-    assert copied.metadata == {"acc": 0.9}
+    assert copied.metadata == laptop.get("cnn:best").metadata  # metrics fixed at commit too
+    assert copied.metadata == {"acc": 0.9, "metrics": {"acc": 0.9, "loss": 0.3}}
     assert copied.created_at == laptop.get("cnn:best").created_at
     origin = copied.logged_by()
     assert origin is not None and origin.config == {"lr": 0.1}
