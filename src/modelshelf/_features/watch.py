@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,10 +86,10 @@ def watch(
         if path is not None:
             state.save(path)
     stop = stop or threading.Event()
-    first_seen: dict[str, tuple[float, int]] = {}
+    seen = _Seen()
     fired = 0
     while not stop.is_set():
-        for version in _new_versions(repo, name, alias, state, first_seen):
+        for version in _new_versions(repo, name, alias, state, seen):
             on_version(version)
             fired += 1
             if path is not None:
@@ -102,25 +102,29 @@ def watch(
     return fired
 
 
+@dataclass
+class _Seen:
+    """What this watcher has looked at, between polls (not kept across restarts)."""
+
+    alias_head: int | None = None  # the alias log's head at the last full read
+    undecodable: dict[str, tuple[float, int]] = field(default_factory=dict)  # for ``settled``
+
+
 def _new_versions(
-    repo: Repository,
-    name: str,
-    alias: str | None,
-    state: Cursor,
-    first_seen: dict[str, Any],
-) -> Any:
+    repo: Repository, name: str, alias: str | None, state: Cursor, seen: _Seen
+) -> Iterator[ArtifactVersion]:
     """The versions to call back for now, in order; ``state`` advances as each is yielded
     (so the caller saves it after handling one)."""
     if alias is not None:
         # One head probe per cycle; the history is read only when the alias log grew.
         head = SeqLog(repo.storage, ArtifactKeys(name).aliases).head()[0]
-        if head == first_seen.get("alias head"):
+        if head == seen.alias_head:
             return
         for event in repo.labels.alias_history(name, alias)[state.moves :]:
             state.moves += 1
             if event.version is not None:
                 yield repo.get(f"{name}:v{event.version}")
-        first_seen["alias head"] = head
+        seen.alias_head = head
         return
     versions = repo.labels.versions_log(name)
     head = versions.head()[0]
@@ -128,7 +132,7 @@ def _new_versions(
     while n <= head:
         record = versions.readable(n)
         if record is None:
-            if not settled(repo.storage, versions.key(n), first_seen):
+            if not settled(repo.storage, versions.key(n), seen.undecodable):
                 return  # still being written: wait for it, and keep the order
             state.version = n  # torn by a crash: never a version
             n += 1
