@@ -444,3 +444,13 @@ def test_each_epochs_metrics_go_to_the_runs_history_and_summary(shelf: ms.Shelf)
         (30, 2, 2.5),
     ]  # fmt: skip  (every epoch, checked or not)
     assert loaded.summary["val_loss"] == 2.5 and loaded.summary["epoch"] == 2
+
+
+def test_a_point_whose_version_was_deleted_falls_back_to_latest(
+    shelf: ms.Shelf, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_training(shelf, tmp_path, [3.0, 2.0, 1.0], kill_after=1)  # the point names v1
+    shelf.delete("net:v1", force=True)
+    source = engine(shelf, monitor="val_loss", resume=True).resume_from()
+    assert source == shelf.get("net:v0")
+    assert "names v1, which was deleted since; resuming from net:v0 instead" in caplog.text

@@ -527,6 +527,18 @@ class CheckpointEngine:
                     self.name,
                 )
                 return None
+        if point is not None and point.version is not None:
+            try:
+                self.shelf.get(f"{self.name}:v{point.version}")
+            except NotFoundError:
+                logger.warning(
+                    "ShelfCheckpoint(resume=True): %s names v%d, which was deleted since; "
+                    "resuming from %s instead.",
+                    point.ref, point.version, latest.ref if latest else "nothing",
+                )  # fmt: skip
+                point = None
+            if point is None and latest is None:
+                return None
         source: Any = latest
         if point is not None and (latest is None or point.time >= latest.created_at):
             self.resumed_point = point
