@@ -60,6 +60,31 @@ def test_wheel_installs_core_and_integrations_in_a_clean_venv(tmp_path: Path) ->
     )
     assert 'pip install "modelshelf[lightning]"' in out.stdout
 
+    # The core alone lists, shows, downloads and verifies, and imports no ML framework.
+    core = subprocess.run(
+        [str(python), "-c", CORE_WITHOUT_FRAMEWORKS, str(tmp_path / "shelf")],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert core.returncode == 0, core.stderr[-3000:]
+    assert core.stdout.split() == ["data:v0", "1", "ok"]
+
+
+CORE_WITHOUT_FRAMEWORKS = r"""
+import pathlib, sys
+import modelshelf as ms
+folder = pathlib.Path("data"); folder.mkdir()
+(folder / "x.csv").write_text("a,b\n1,2\n")
+shelf = ms.Shelf(sys.argv[1])
+v = shelf.log_artifact(folder, name="data", type="dataset")
+assert shelf.artifacts() == ["data"] and shelf.get("data").files["x.csv"].size == 8
+assert (v.download() / "x.csv").read_text() == "a,b\n1,2\n"
+v.verify()
+frameworks = {"torch", "tensorflow", "keras", "lightning", "pytorch_lightning", "fastai", "jax"}
+loaded = sorted(frameworks & set(sys.modules))
+assert not loaded, loaded
+print(v.ref, len(shelf.versions("data")), "ok")
+"""
+
 
 def test_editable_install_maps_integrations_too() -> None:
     import modelshelf.integrations
