@@ -181,8 +181,14 @@ def keras_weights(path: Path) -> dict[str, Any]:
                 if member.file_size > 16 * MAX_TABLE_BYTES:
                     raise UnsupportedModelError(f"{path.name}: its weights are too large to diff.")
                 h5 = Path(tmp) / "model.weights.h5"
+                left = member.file_size  # never more than declared, whatever it inflates to
                 with archive.open(member) as src, open(h5, "wb") as dst:
-                    dst.write(src.read(member.file_size + 1)[: member.file_size])
+                    while left > 0:
+                        chunk = src.read(min(left, 1 << 20))
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                        left -= len(chunk)
         out: dict[str, Any] = {}
         with h5py.File(h5, "r") as f:
 
