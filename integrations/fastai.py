@@ -171,7 +171,7 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
             return
         decision = self.engine.check(metrics)
         state = None
-        if self.engine.wants_state(decision):
+        if self.engine.keeps_points:
             opt = self.learn.opt.state_dict()  # plain containers: it loads with weights_only
             plain = {
                 "state": [{k: _plain(v) for k, v in x.items()} for x in opt["state"]],

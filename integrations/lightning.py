@@ -180,17 +180,16 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         validated, self._validated = self._validated, False
         if self._skip(trainer):
             return
+        metrics = scalar_metrics(trainer.callback_metrics)
         if trainer.is_global_zero:
-            metrics = scalar_metrics(trainer.callback_metrics)
             self.engine.observe(metrics, epoch=trainer.current_epoch, step=trainer.global_step)
         if validated or not trainer.enable_validation:
-            self._check(trainer, pl_module)
+            self._check(trainer, pl_module, metrics)
 
-    def _check(self, trainer: Any, pl_module: Any) -> None:
+    def _check(self, trainer: Any, pl_module: Any, metrics: dict[str, float]) -> None:
         epoch, step = trainer.current_epoch, trainer.global_step
         if not self.engine.due(epoch) or step == self._last_step:
             return
-        metrics = scalar_metrics(trainer.callback_metrics)
         # Rank 0 decides and tells the others, so that all take the same path to the barrier
         # in save_checkpoint; a failure on rank 0 (a monitor typo, a write error) is raised
         # on every rank instead of leaving the others waiting.
@@ -212,7 +211,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         self.engine.note(decision)
         self._last_step = step
         state = None
-        if self.engine.wants_state(decision):
+        if self.engine.keeps_points:
             capture, original = _Capture(), trainer.strategy.checkpoint_io
             trainer.strategy.checkpoint_io = capture
             try:

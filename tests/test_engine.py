@@ -372,7 +372,7 @@ def test_weights_only_training_keeps_no_points(shelf: ms.Shelf, tmp_path: Path) 
     e = engine(shelf, monitor="val_loss", save_weights_only=True)
     e.begin({}, is_writer=True)
     d = e.check({"val_loss": 1.0})
-    assert not e.wants_state(d)
+    assert not e.keeps_points  # no training state in any snapshot
     d = e.check({"val_loss": 2.0})
     assert not e.wants_snapshot(d)  # nothing to save, no point to keep
     e.end()

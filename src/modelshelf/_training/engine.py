@@ -117,6 +117,14 @@ class Parts:
     cleanup: Callable[[], None] | None = None  # called once the write is over (temp files)
 
 
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool); else None (what a shelf's
+    metadata says is checked before it is compared)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def scalar_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     """The values that are single numbers (Python numbers, 0-d or one-element tensors and
     arrays), as floats; everything else is left out."""
@@ -265,10 +273,8 @@ class CheckpointEngine:
         except NotFoundError:
             return None
         meta = version.metadata
-        value = meta.get("monitored_value")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            value = None
-        if value is None or not math.isfinite(value):
+        value = finite_number(meta.get("monitored_value"))
+        if value is None:
             logger.warning(
                 "%s (the current best) records no monitored value; this training starts fresh.",
                 version.ref,
@@ -278,7 +284,7 @@ class CheckpointEngine:
         mode = meta.get("mode")
         if mode is None and isinstance(monitor, str):  # versions saved before "mode" was stored
             mode = self._auto_mode(monitor) if self.mode == "auto" else self.mode
-        return version, float(value), monitor, mode
+        return version, value, monitor, mode
 
     def end(self, error: BaseException | None = None) -> None:
         """Fit ends: wait for every pending write; raise the first write error, if any."""
@@ -391,17 +397,14 @@ class CheckpointEngine:
 
     @property
     def keeps_points(self) -> bool:
-        """Whether each checked epoch leaves a resume point (full checkpoints only)."""
+        """Whether each checked epoch leaves a resume point (full checkpoints only): then
+        every snapshot holds the training state."""
         return not self.save_weights_only
 
     def wants_snapshot(self, decision: Decision) -> bool:
         """Whether the adapter must take a snapshot at this check (a version, or a resume
         point); the same on every rank, as a collective capture needs."""
         return decision.save or self.keeps_points
-
-    def wants_state(self, decision: Decision) -> bool:
-        """Whether the snapshot must hold the training state (for resuming)."""
-        return self.keeps_points and self.wants_snapshot(decision)
 
     def commit(
         self,
@@ -553,9 +556,7 @@ class CheckpointEngine:
                 f"Cannot resume from {source.ref}: it holds the weights only (it was saved with "
                 "save_weights_only=True). Resume needs full checkpoints: save_weights_only=False."
             )
-        if not (isinstance(best, (int, float)) and not isinstance(best, bool)):
-            best = None
-        self._resumed = (source, best if best is not None and math.isfinite(best) else None)
+        self._resumed = (source, finite_number(best))
         if self.run is not None:  # begin() ran already; else it applies this
             self._apply_resumed()
         return source
