@@ -408,7 +408,7 @@ def test_a_damaged_or_hostile_point_is_skipped_or_refused(
         storage.replace(key, dumps(record))
     assert points(shelf.repository, "net") == []
     assert "Skipping a resume point" in caplog.text
-    assert keys_for("net").folder in key
+    assert keys_for(shelf.repository, "net").folder in key
 
 
 def test_a_point_file_that_does_not_match_its_digest_is_refused(

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, overload
 
 from ._config import default_root
+from ._core import rename as renaming
 from ._core.artifact import Artifact, as_artifact
 from ._core.gc import DEFAULT_GRACE_SECONDS, GcReport
 from ._core.gc import gc as run_gc
@@ -193,6 +194,7 @@ class Shelf:
         validate_name(name)
         if alias is not None and alias != LATEST:
             validate_alias(alias)
+        self._repo.check_live(name)
         return self._repo.labels.alias_history(name, alias)
 
     # -- runs and lineage ----------------------------------------------------------------
@@ -315,6 +317,18 @@ class Shelf:
                 f"'{ref}:latest'), or the whole artifact with all_versions=True."
             )
         return cleanup.delete(self._repo, ref, force=force)
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename the artifact ``old`` to ``new``, with all its versions, aliases and their
+        history, tags, notes, metadata and lineage.
+
+        Afterwards ``old`` raises NotFoundError saying ``'old' was renamed to 'new'``, and a
+        training still writing to ``old`` stops with that error at its next version; a version
+        it was committing meanwhile appears under ``new``. The old name stays reserved. A
+        rename interrupted by a crash leaves both names working; running it again finishes it.
+        Renaming back to a name the artifact had before is allowed.
+        """
+        renaming.rename(self._repo, old, new)
 
     def prune(
         self,

@@ -159,7 +159,7 @@ def _referenced(repo: Repository, report: GcReport) -> tuple[set[str], set[str]]
     blobs: set[str] = set()
     manifests: dict[str, str] = {}
     set_aside: set[str] = set()  # manifests of versions fsck quarantined: kept, if readable
-    for name in repo.artifacts():
+    for name in repo.stored_names():
         states = repo.labels.all_states(name)
 
         def unreadable(n: int, _exc: Exception, name: str = name) -> None:

@@ -7,15 +7,16 @@ on the new head, so concurrent changes are never lost.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import json
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .._errors import ConflictError, IntegrityError, NotFoundError
+from .._errors import ConflictError, IntegrityError, InvalidReferenceError, NotFoundError
 from .._format.layout import ArtifactKeys
-from .._format.names import LATEST, validate_alias
+from .._format.names import LATEST, validate_alias, validate_name
 from .._format.records import (
     AliasRecord,
     Record,
@@ -62,20 +63,75 @@ class Labels:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self._stored: dict[str, str] = {}
+
+    # -- where a name's records are ------------------------------------------------------
+    def stored_as(self, name: str) -> str:
+        """The name whose folder holds the versions of ``name``: ``name`` itself, or for a
+        name given by ``rename``, the name the artifact was first logged under.
+
+        What a folder's ``artifact.json`` says is fixed once written, so the answer is kept
+        for the life of this object; a name with no readable record is asked again."""
+        hit = self._stored.get(name)
+        if hit is not None:
+            return hit
+        key = ArtifactKeys(name).info
+        data = self.storage.try_read(key)
+        if data is None:
+            return name
+        try:
+            info = loads(data, self.storage.describe(key))
+        except UnreadableRecord:  # being written, or torn: no pointer can be trusted yet
+            return name
+        target = info.get("stored_as")
+        if target is not None:
+            target = self._pointer_target(name, target)
+        self._stored[name] = target or name
+        return target or name
+
+    def _pointer_target(self, name: str, target: object) -> str:
+        """The folder a rename pointer names, checked: a valid name whose own record is a
+        real artifact's (renames always point at the folder that holds the versions)."""
+
+        def bad(what: str) -> IntegrityError:
+            return IntegrityError(
+                f"The record {self.storage.describe(ArtifactKeys(name).info)} points the name "
+                f"{name!r} at {target!r:.80}, {what}; the shelf was edited by hand or tampered "
+                "with."
+            )
+
+        try:
+            target = validate_name(target)
+        except InvalidReferenceError:
+            raise bad("which is not an artifact name") from None
+        if target == name:
+            raise bad("itself")
+        key = ArtifactKeys(target).info
+        data = self.storage.try_read(key)
+        if data is None:
+            raise bad("which has no record")
+        with contextlib.suppress(UnreadableRecord):  # torn: its versions say what it is
+            if "stored_as" in loads(data, self.storage.describe(key)):
+                raise bad("which is itself a renamed name")
+        return target
+
+    def keys(self, name: str) -> ArtifactKeys:
+        """The keys of the folder that holds the records of ``name``."""
+        return ArtifactKeys(self.stored_as(name))
 
     def versions_log(self, name: str) -> SeqLog:
-        return SeqLog(self.storage, ArtifactKeys(name).versions)
+        return SeqLog(self.storage, self.keys(name).versions)
 
     # -- mutable state: tags, description, metadata, deletion ------------------------------
     def state(self, name: str, version: int, record: Record) -> Record:
         """The current labels of ``name:v<version>`` whose commit record is ``record``."""
-        _, head = SeqLog(self.storage, ArtifactKeys(name).state(version), hint=False).head()
+        _, head = SeqLog(self.storage, self.keys(name).state(version), hint=False).head()
         return head if head is not None else dict(initial_state(record))
 
     def all_states(self, name: str) -> dict[int, Record]:
         """The newest state record of each version that was ever changed."""
         latest: dict[int, str] = {}
-        for key in self.storage.find(ArtifactKeys(name).states):
+        for key in self.storage.find(self.keys(name).states):
             n = ArtifactKeys.state_version(key)
             if n is not None:
                 latest[n] = max(latest.get(n, ""), key)
@@ -86,7 +142,7 @@ class Labels:
                 try:
                     states[n] = loads(got[key], self.storage.describe(key))
                 except UnreadableRecord:  # the newest change is being written, or torn
-                    head = SeqLog(self.storage, ArtifactKeys(name).state(n), hint=False).head()
+                    head = SeqLog(self.storage, self.keys(name).state(n), hint=False).head()
                     if head[1] is not None:
                         states[n] = head[1]
         return states
@@ -109,7 +165,7 @@ class Labels:
             state["at"] = isoformat(now())
             return state
 
-        log = SeqLog(self.storage, ArtifactKeys(name).state(version), hint=False)
+        log = SeqLog(self.storage, self.keys(name).state(version), hint=False)
         if log.head()[1] is None:
             # The first change: start the log with the state as committed, then change it.
             log.storage.create(log.key(0), dumps(initial_state(record)))
@@ -124,7 +180,7 @@ class Labels:
     # -- aliases -------------------------------------------------------------------------
     def alias_map(self, name: str) -> dict[str, int]:
         """Every alias of ``name`` (``latest`` excepted) and the version it points to."""
-        key = ArtifactKeys(name).aliases
+        key = self.keys(name).aliases
         _, head = SeqLog(self.storage, key).head()
         aliases = (head or {}).get("aliases", {})
         if not isinstance(aliases, dict) or not all(
@@ -173,7 +229,7 @@ class Labels:
             record: AliasRecord = {"aliases": current, "events": events, "by": writer_info()}
             return dict(record)
 
-        SeqLog(self.storage, ArtifactKeys(name).aliases).append(make)
+        SeqLog(self.storage, self.keys(name).aliases).append(make)
 
     def remove_alias(
         self, name: str, alias: str, version: int, *, run_id: str | None = None
@@ -191,7 +247,7 @@ class Labels:
         ``latest`` moves with each new version; its history is derived from the versions.
         """
         events = []
-        log = SeqLog(self.storage, ArtifactKeys(name).aliases)
+        log = SeqLog(self.storage, self.keys(name).aliases)
         for k, record in log.all():
             try:
                 for e in record.get("events", []):

@@ -8,6 +8,7 @@ facade's private parts. The commit protocol is docs/format.md's "Committing a ve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .._config import FORMAT_VERSION
-from .._errors import ConflictError, IntegrityError, NotFoundError
+from .._errors import ConflictError, IntegrityError, InvalidReferenceError, NotFoundError
 from .._format.layout import (
     ARTIFACTS,
     ROOT_RECORD,
@@ -61,6 +62,8 @@ from .version import ArtifactVersion
 logger = logging.getLogger("modelshelf")
 
 _SHELF_ID_RE = re.compile(r"[0-9a-f]{32}")
+#: How many renames of one name are followed before the chain is taken for a loop.
+MAX_RENAMES = 64
 
 
 class Repository:
@@ -129,10 +132,42 @@ class Repository:
     # -- names ---------------------------------------------------------------------------
     def type_of(self, name: str) -> str | None:
         """The type of the artifact ``name``, or None if it was never logged."""
-        info = self._artifact_info(name)
+        info = self.artifact_info(name)
         return str(info["type"]) if info else None
 
-    def _artifact_info(self, name: str, wait: bool = False) -> Record | None:
+    def check_live(self, name: str) -> None:
+        """NotFoundError if ``name`` was renamed: it says where the artifact went."""
+        if self.storage.try_read(ArtifactKeys(name).renamed) is not None:
+            raise NotFoundError(
+                f"{name!r} was renamed to {self.current_name(name)!r}; use the new name.",
+                ref=name,
+            )
+
+    def current_name(self, name: str) -> str:
+        """The name ``name`` goes by now: itself, or where its renames led."""
+        seen = [name]
+        while True:
+            key = ArtifactKeys(seen[-1]).renamed
+            data = self.storage.try_read(key)
+            if data is None:
+                return seen[-1]
+            try:
+                target = validate_name(loads(data, self.storage.describe(key)).get("to"))
+            except UnreadableRecord:  # a rename in progress, or torn: the name still works
+                return seen[-1]
+            except InvalidReferenceError:
+                raise IntegrityError(
+                    f"The rename record {self.storage.describe(key)} names no valid artifact; "
+                    "the shelf was edited by hand or tampered with."
+                ) from None
+            if target in seen or len(seen) > MAX_RENAMES:
+                raise IntegrityError(
+                    f"The renames of {name!r} go round in a circle ({' -> '.join(seen)}); the "
+                    "shelf was edited by hand or tampered with."
+                )
+            seen.append(target)
+
+    def artifact_info(self, name: str, wait: bool = False) -> Record | None:
         """``artifact.json`` of ``name``. One that does not decode (being written, or torn by a
         crash) reads as the type its versions were committed with, or as absent if none was;
         with ``wait``, a fresh one is waited for, and a torn one is written again."""
@@ -157,14 +192,16 @@ class Repository:
             return dict(info)
 
     def claim_name(self, name: str, type: str) -> None:
-        """Make ``name`` an artifact of ``type``; ConflictError if it is one of another type."""
+        """Make ``name`` an artifact of ``type``; ConflictError if it is one of another type,
+        NotFoundError if it was renamed."""
+        self.check_live(name)
         key = ArtifactKeys(name).info
-        existing = self._artifact_info(name, wait=True)
+        existing = self.artifact_info(name, wait=True)
         if existing is None:
             record: ArtifactInfo = {"name": name, "type": type, "created_at": isoformat(now())}
             if self.storage.create(key, dumps(record)):
                 return
-            existing = self._artifact_info(name, wait=True)  # another writer's, meanwhile
+            existing = self.artifact_info(name, wait=True)  # another writer's, meanwhile
             if existing is None:  # torn by a writer that crashed before its first version
                 self.storage.replace(key, dumps(record))
                 return
@@ -238,7 +275,7 @@ class Repository:
                 self.labels.move_aliases(
                     name, dict.fromkeys(aliases, existing.version), run_id=run_id
                 )
-            return self.get(existing.ref)
+            return self.get(existing.ref, follow_renames=True)
         lease = uuid.uuid4().hex
         blobs = manifest.blob_hexes()
         manifest_bytes = manifest.to_bytes()
@@ -261,7 +298,7 @@ class Repository:
             self._put_manifest(manifest_hex, manifest_bytes)
             settle_with_gc(self.storage, floor, ensure)
             record = {
-                "name": name,
+                "name": self.labels.stored_as(name),  # its folder's: the same after a rename
                 "type": type,
                 "digest": digest,
                 "manifest": manifest_hex,
@@ -279,13 +316,14 @@ class Repository:
             self.storage.delete(lease_key(lease))
         with contextlib.suppress(OSError):
             self.storage.replace(
-                ArtifactKeys(name).digest(digest), str(version).encode(), durable=False
+                self.labels.keys(name).digest(digest), str(version).encode(), durable=False
             )
         if run_id is not None:
             self.record_edge(run_id, "outputs", name, version)
         if aliases:
             self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
-        return self.get(f"{name}:v{version}")
+        # Renamed while this commit ran: the version is there, under the new name.
+        return self.get(f"{name}:v{version}", follow_renames=True)
 
     def _put_manifest(self, hexdigest: str, data: bytes) -> None:
         """Store a manifest under its digest, unless it is there whole already."""
@@ -297,7 +335,7 @@ class Repository:
             self.storage.replace(key, data)  # the bytes are fixed by the key: either is right
 
     def _identical(self, name: str, digest: str) -> ArtifactVersion | None:
-        data = self.storage.try_read(ArtifactKeys(name).digest(digest))
+        data = self.storage.try_read(self.labels.keys(name).digest(digest))
         if data is None:
             return None
         try:
@@ -313,18 +351,24 @@ class Repository:
         SeqLog(self.storage, RunKeys(run_id).edges(kind)).append(lambda _n, _h: dict(edge))
         if kind == "inputs":
             used: UsedByRecord = {"run_id": run_id, "at": edge["at"]}
-            self.storage.create(ArtifactKeys(name).used_by_entry(version, run_id), dumps(used))
+            self.storage.create(self.labels.keys(name).used_by_entry(version, run_id), dumps(used))
 
     def used_by(self, name: str, version: int) -> list[str]:
         """The ids of the runs that used ``name:v<version>`` as an input."""
-        entries = self.storage.listdir(ArtifactKeys(name).used_by(version))
+        entries = self.storage.listdir(self.labels.keys(name).used_by(version))
         return [entry.removesuffix(".json") for entry in entries]
 
     # -- reading -------------------------------------------------------------------------
-    def get(self, ref: str) -> ArtifactVersion:
-        """The version ``ref`` names (see ``Shelf.get``)."""
+    def get(self, ref: str, *, follow_renames: bool = False) -> ArtifactVersion:
+        """The version ``ref`` names (see ``Shelf.get``). A renamed name raises NotFoundError
+        saying where it went, or with ``follow_renames`` (for lineage edges recorded under
+        the old name) resolves to the new one."""
         parsed = parse_ref(ref)
         self.info(create=False)
+        if follow_renames:
+            parsed = dataclasses.replace(parsed, name=self.current_name(parsed.name))
+        else:
+            self.check_live(parsed.name)
         aliases = self.labels.alias_map(parsed.name)
         latest = self.latest(parsed.name)
         log = self.labels.versions_log(parsed.name)
@@ -336,7 +380,7 @@ class Repository:
                     "one to use the name again.",
                     ref=str(ref),
                 )
-            raise self._missing_artifact(parsed)
+            raise self.missing_artifact(parsed)
         if parsed.version is not None:
             number = parsed.version
         elif parsed.alias == LATEST:
@@ -378,13 +422,13 @@ class Repository:
         aliases: dict[str, int],
         latest: int | None,
     ) -> ArtifactVersion:
-        check_commit_record(name, n, record)
+        check_commit_record(self.labels.stored_as(name), n, record)
         names = [a for a, v in aliases.items() if v == n]
         if n == latest:
             names.append(LATEST)
-        return ArtifactVersion(self, record, state, sorted(names))
+        return ArtifactVersion(self, name, record, state, sorted(names))
 
-    def _missing_artifact(self, parsed: Ref) -> NotFoundError:
+    def missing_artifact(self, parsed: Ref) -> NotFoundError:
         names = self.artifacts()
         near = [n for n in names if parsed.basename.lower() in n.lower()] or names
         listing = ", ".join(near[:10]) if near else "the shelf is empty"
@@ -399,9 +443,10 @@ class Repository:
         """Every version of ``name`` that was not deleted, oldest first."""
         validate_name(name)
         self.info(create=False)
+        self.check_live(name)
         records = self.labels.versions_log(name).all()
         if not records:
-            raise self._missing_artifact(Ref(name))
+            raise self.missing_artifact(Ref(name))
         aliases = self.labels.alias_map(name)
         states = self.labels.all_states(name)
         live = [(n, rec, states.get(n, dict(initial_state(rec)))) for n, rec in records]
@@ -409,18 +454,35 @@ class Repository:
         latest = live[-1][0] if live else None
         return [self._version(name, n, rec, st, aliases, latest) for n, rec, st in live]
 
-    def artifacts(self, type: str | None = None, project: str | None = None) -> list[str]:
-        """Names of the artifacts on the shelf, sorted; optionally of one type or project."""
-        self.info(create=False)
+    def folders(self, project: str | None = None) -> list[str]:
+        """The name of every artifact folder, renamed names included, sorted."""
         projects = self.storage.listdir(ARTIFACTS)
         if project is not None:
             validate_name(project)
             projects = [project] if project in projects else []
-        names = [
+        return sorted(
             name_from_folders(p, base)
             for p in projects
             for base in self.storage.listdir(project_folder(p))
-        ]
+        )
+
+    def stored_names(self) -> list[str]:
+        """The names whose folders hold versions (a renamed artifact's first name): what gc
+        walks. A rename pointer that cannot be followed is left out: no name reaches what
+        its folder holds (fsck reports it)."""
+        names = set()
+        for name in self.folders():
+            with contextlib.suppress(IntegrityError):
+                names.add(self.labels.stored_as(name))
+        return sorted(names)
+
+    def artifacts(self, type: str | None = None, project: str | None = None) -> list[str]:
+        """Names of the artifacts on the shelf, sorted; optionally of one type or project.
+        A name that was renamed is left out (its new name is listed)."""
+        self.info(create=False)
+        names = self.folders(project)
+        gone = self.storage.read_many([ArtifactKeys(n).renamed for n in names])
+        names = [n for n in names if ArtifactKeys(n).renamed not in gone]
         if type is None:
             return sorted(names)
         keys = {n: ArtifactKeys(n).info for n in names}

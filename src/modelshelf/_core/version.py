@@ -32,10 +32,12 @@ class ArtifactVersion:
     at once and reflected on this object.
     """
 
-    def __init__(self, repo: Repository, record: Record, state: Record, aliases: list[str]) -> None:
+    def __init__(
+        self, repo: Repository, name: str, record: Record, state: Record, aliases: list[str]
+    ) -> None:
         self._repo = repo
         self._record = record
-        self.name: str = record["name"]
+        self.name = name  # what it was asked for by: its record keeps the name it was logged as
         self.version: int = int(record["version"])
         self.type: str = record["type"]
         self.digest: str = record["digest"]

@@ -191,8 +191,8 @@ class _Fsck:
     def run(self) -> FsckReport:
         if not self.root():
             return self.report
-        for name in self.repo.artifacts():
-            self.artifact(name)
+        for name in self.repo.folders():
+            self.folder_of(name)
         self.blobs()
         self.orphans()
         self.runs()
@@ -282,6 +282,20 @@ class _Fsck:
             if VOID not in record:
                 records[n] = record
         return records
+
+    def folder_of(self, name: str) -> None:
+        """One artifact folder: a name's own, or the pointer and tombstone a rename left."""
+        try:
+            stored = self.repo.labels.stored_as(name)
+        except IntegrityError as exc:
+            self.problem(BAD_RECORD, ArtifactKeys(name).info, str(exc))
+            return
+        try:
+            self.repo.current_name(name)
+        except IntegrityError as exc:
+            self.problem(BAD_RECORD, ArtifactKeys(name).renamed, str(exc))
+        if stored == name:
+            self.artifact(name)
 
     def artifact(self, name: str) -> None:
         keys = ArtifactKeys(name)

@@ -38,8 +38,11 @@ MAX_FILES = 64
 MAX_FILE_BYTES = 1 << 40
 
 
-def keys_for(name: str) -> ResumeKeys:
-    return ResumeKeys(hashlib.sha256(name.encode()).hexdigest()[:32])
+def keys_for(repo: Repository, name: str) -> ResumeKeys:
+    """The resume keys of ``name``, by the folder that holds its versions, so that the points
+    of a training follow the artifact through a rename."""
+    stored = repo.labels.stored_as(name)
+    return ResumeKeys(hashlib.sha256(stored.encode()).hexdigest()[:32])
 
 
 @dataclass
@@ -82,7 +85,7 @@ class ResumePoint:
         if target.exists():
             return target
         hexdigest, size = self.files[file]
-        key = keys_for(self.name).file(self.run_id, self.epoch, file)
+        key = keys_for(self.repo, self.name).file(self.run_id, self.epoch, file)
         target.parent.mkdir(parents=True, exist_ok=True)
         sha, written = hashlib.sha256(), 0
         with open(target, "wb") as f:
@@ -116,7 +119,7 @@ def write_point(
     """Record where training ``run_id`` of ``name`` stands; ``files`` are stored with the
     point unless ``version`` holds them. The point is replaced in one write, after its files
     are stored; the files of the point it replaces are removed afterwards."""
-    keys, storage = keys_for(name), repo.storage
+    keys, storage = keys_for(repo, name), repo.storage
     stored: dict[str, dict[str, Any]] = {}
     if version is None:
         for file, source in files.items():
@@ -132,7 +135,7 @@ def write_point(
                 hexdigest, size = storage.put_stream(source.chunks, at_key)
             stored[file] = {"sha256": hexdigest, "size": size}
     record = {
-        "name": name,
+        "name": repo.labels.stored_as(name),  # the same after a rename
         "run_id": run_id,
         "epoch": epoch,
         "global_step": global_step,
@@ -149,7 +152,7 @@ def write_point(
 
 def drop_point(repo: Repository, name: str, run_id: str) -> None:
     """Remove the point of training ``run_id`` of ``name`` and its files (if any)."""
-    keys = keys_for(name)
+    keys = keys_for(repo, name)
     repo.storage.delete(keys.point(run_id))
     repo.storage.delete_many(repo.storage.find(keys.files(run_id)))
 
@@ -157,7 +160,7 @@ def drop_point(repo: Repository, name: str, run_id: str) -> None:
 def points(repo: Repository, name: str) -> list[ResumePoint]:
     """The readable resume points of ``name``, oldest first; a damaged one is skipped with a
     warning (it is never trusted)."""
-    keys = keys_for(name)
+    keys = keys_for(repo, name)
     found = []
     for entry in repo.storage.listdir(keys.folder):
         run_id = entry.removesuffix(".json")
@@ -187,7 +190,7 @@ def _parse(
             raise bad(f"an odd {what} ({str(value)[:40]!r})")
         return value
 
-    if record.get("name") != name or record.get("run_id") != run_id:
+    if record.get("name") != repo.labels.stored_as(name) or record.get("run_id") != run_id:
         raise bad("a name or run id other than its key's")
     files = record.get("files")
     if not isinstance(files, dict) or len(files) > MAX_FILES:

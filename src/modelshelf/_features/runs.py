@@ -491,7 +491,8 @@ class Run:
                 continue
             seen.add(key)
             with contextlib.suppress(NotFoundError):
-                out.append(self._repo.get(f"{edge['name']}:v{edge['version']}"))
+                ref = f"{edge['name']}:v{edge['version']}"
+                out.append(self._repo.get(ref, follow_renames=True))
         return out
 
     def inputs(self) -> list[ArtifactVersion]:

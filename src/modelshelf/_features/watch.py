@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidArgumentError
-from .._format.layout import ArtifactKeys
 from .._format.names import LATEST, validate_alias, validate_name
 from .._format.seqlog import SeqLog, settled
 
@@ -72,6 +71,7 @@ def watch(
     version); return how many calls were made, once ``stop`` is set or ``max_events`` were
     made. Without a cursor file (or with a new one) it starts from what is there now."""
     validate_name(name)
+    repo.check_live(name)
     if alias == LATEST:
         alias = None  # latest moves with each new version: the same events
     if alias is not None:
@@ -117,7 +117,7 @@ def _new_versions(
     (so the caller saves it after handling one)."""
     if alias is not None:
         # One head probe per cycle; the history is read only when the alias log grew.
-        head = SeqLog(repo.storage, ArtifactKeys(name).aliases).head()[0]
+        head = SeqLog(repo.storage, repo.labels.keys(name).aliases).head()[0]
         if head == seen.alias_head:
             return
         for event in repo.labels.alias_history(name, alias)[state.moves :]:

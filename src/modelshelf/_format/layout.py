@@ -131,6 +131,11 @@ class ArtifactKeys:
         return f"{self.prefix}/artifact.json"
 
     @property
+    def renamed(self) -> str:
+        """The tombstone a rename leaves under the old name: where the name went."""
+        return f"{self.prefix}/renamed.json"
+
+    @property
     def versions(self) -> str:
         return f"{self.prefix}/versions"
 

@@ -44,6 +44,22 @@ class ArtifactInfo(TypedDict):
     created_at: str
 
 
+class PointerInfo(ArtifactInfo):
+    """``artifact.json`` of a name given by a rename: its versions live in the folder of the
+    name the artifact was first logged under, ``stored_as``."""
+
+    stored_as: str
+    renamed_from: str
+
+
+class RenamedRecord(TypedDict):
+    """``artifacts/<p>/<name>/renamed.json``: the tombstone of a renamed name."""
+
+    to: str
+    at: str
+    by: WriterInfo
+
+
 class VersionRecord(TypedDict):
     """``.../versions/<n>.json``: the commit record of version ``n``."""
 

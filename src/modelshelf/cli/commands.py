@@ -418,6 +418,17 @@ def rm(
     out.print(f"deleted {', '.join(v.ref for v in deleted) or 'nothing'}")
 
 
+@app.command()
+def rename(old: str, new: str, as_json: JsonOpt = False) -> None:
+    """Rename the artifact OLD to NEW, with all its versions, aliases, tags and lineage."""
+    shelf = _shelf()
+    shelf.rename(old, new)
+    if as_json:
+        _print_json({"renamed": old, "to": new})
+        return
+    out.print(f"renamed {old} to {new}")
+
+
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
