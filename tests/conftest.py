@@ -18,8 +18,12 @@ import modelshelf as ms
 
 #: ``generic`` is local disk seen through a plain fsspec filesystem (``flaky://`` with no
 #: faults): the storage path every filesystem that is not local, an object store or memory takes.
-BACKENDS = ["local", "memory", "s3", "generic"]
+BACKENDS = ["local", "memory", "s3", "gcs", "generic"]
 flakyfs.register()
+
+# gcsfs's experimental zonal-bucket probe speaks gRPC, which gcp-storage-emulator does not; it
+# is read when gcsfs is imported, so it is set before anything imports it.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 #: Prepended to a child process's script so that it knows the ``flaky://`` backend too.
 CHILD_PRELUDE = (
@@ -54,24 +58,65 @@ def s3_endpoint() -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto's S3 server did not start") from None
-                time.sleep(0.1)
+        _wait_for_port(port, proc, "moto's S3 server")
         yield endpoint
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore(saved)
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    """gcp-storage-emulator in its own process on 127.0.0.1, with GCS's create-if-absent
+    precondition (tests/gcs_emulator.py); gcsfs reaches it through STORAGE_EMULATOR_HOST."""
+    pytest.importorskip("gcsfs")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "gcs_emulator.py"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {"STORAGE_EMULATOR_HOST": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        _wait_for_port(port, proc, "gcp-storage-emulator")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        _restore(saved)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def new_gcs_bucket() -> str:
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
+    bucket = f"shelf-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    return bucket
 
 
 def new_bucket(endpoint: str) -> str:
@@ -97,6 +142,9 @@ def make_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
         return f"memory://shelf-{uuid.uuid4().hex}"
     if backend == "generic":
         return f"flaky://{tmp_path}/shelf"
+    if backend == "gcs":
+        request.getfixturevalue("gcs_endpoint")
+        return f"gs://{new_gcs_bucket()}/team/shelf"
     endpoint = request.getfixturevalue("s3_endpoint")
     return f"s3://{new_bucket(endpoint)}/team/shelf"
 

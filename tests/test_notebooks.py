@@ -3,6 +3,7 @@ tagged ``colab`` (the pip install and the Google Drive mount), and leave what th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,21 @@ def load(name: str) -> Any:
 
 def execute(name: str, tmp_path: Path) -> str:
     """Run the notebook (skipping ``colab`` cells); return the text of every output."""
-    nbclient = pytest.importorskip("nbclient")
     nb = load(name)
     nb.cells = [c for c in nb.cells if "colab" not in c.metadata.get("tags", [])]
+    return run_notebook(nb, tmp_path)
+
+
+def execute_cells(cells: list[str], tmp_path: Path) -> str:
+    """Run a notebook made of these code cells in a new kernel; the text of every output."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    return run_notebook(nb, tmp_path)
+
+
+def run_notebook(nb: Any, tmp_path: Path) -> str:
+    nbclient = pytest.importorskip("nbclient")
     client = nbclient.NotebookClient(
         nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
     )
@@ -73,6 +86,19 @@ def test_quickstart_notebooks_then_inference_notebook(tmp_path: Path) -> None:
     assert cnn.version == shelf.versions("digits-cnn")[-1].version  # improved only: best = latest
     assert cnn.metadata["model"]["recipe"]["class"] == "__main__:DigitsCNN"
 
+    # A class defined in a notebook cell, asked for in a kernel that has not defined it.
+    out = execute_cells(
+        [
+            "import modelshelf as ms\n"
+            "try:\n"
+            "    ms.load_model('digits-cnn:best')\n"
+            "except ms.UnsupportedModelError as exc:\n"
+            "    print(exc)\n"
+        ],
+        tmp_path,
+    )
+    assert "defined in a notebook" in out and "model=DigitsCNN(...)" in out
+
     out = execute("keras_quickstart", tmp_path)
     assert printed(out, "test accuracy") > 0.5
     assert shelf.get("digits-keras:best").metadata["model"]["format"] == "keras"
@@ -86,3 +112,24 @@ def test_quickstart_notebooks_then_inference_notebook(tmp_path: Path) -> None:
     assert printed(out, "torch test accuracy") > 0.5
     assert shelf.get("digits-cnn:production").version == cnn.version
     assert f"production -> v{cnn.version}" in out
+
+
+def test_a_notebook_shows_tqdm_progress_for_large_transfers(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(5 * 1024 * 1024))
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"tiny")
+    out = execute_cells(
+        [
+            "import modelshelf as ms\n"
+            f"v = ms.log_artifact({str(big)!r}, name='big', type='model')\n"
+            f"ms.log_artifact({str(small)!r}, name='small', type='model')\n"
+            f"v.download({str(tmp_path / 'out')!r})\n"
+            "print('done')"
+        ],
+        tmp_path,
+    )
+    assert "done" in out
+    # tqdm.auto: a widget where ipywidgets is installed, else tqdm's text bar on stderr.
+    assert "log big" in out and "download big:v0" in out
+    assert "log small" not in out  # under 4 MiB: no bar

@@ -35,7 +35,7 @@ print(" ".join(map(str, got)))
 """
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gcs"])
 def process_shelf_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return make_url(request.param, tmp_path, request)
 
@@ -152,9 +152,11 @@ def _in_flight(url: str, tmp_path: Path) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", "s3"])  # an upload in flight is seen on these
 def test_writer_killed_mid_log_leaves_no_partial_version(
-    process_shelf_url: str, tmp_path: Path
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    process_shelf_url = make_url(backend, tmp_path, request)
     shelf = ms.Shelf(process_shelf_url)
     (tmp_path / "small.bin").write_bytes(b"v0")
     shelf.log_artifact(tmp_path / "small.bin", name="model", type="model", aliases=["best"])

@@ -296,6 +296,26 @@ def test_s3_reference_detects_change(shelf: ms.Shelf, s3_endpoint: str) -> None:
         v.verify()
 
 
+def test_gcs_reference_detects_change(shelf: ms.Shelf, gcs_endpoint: str) -> None:
+    import gcsfs
+
+    from conftest import new_gcs_bucket
+
+    fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
+    bucket = new_gcs_bucket()
+    fs.pipe(f"{bucket}/data/train.csv", b"a,b\n1,2\n")
+    v = shelf.log_artifact(
+        ms.Artifact("gsref", "dataset").add_reference(f"gs://{bucket}/data/train.csv")
+    )
+    entry = v.manifest.files["train.csv"]
+    assert entry.ref is not None and entry.ref.get("etag")
+    assert v.download().joinpath("train.csv").read_bytes() == b"a,b\n1,2\n"
+    v.verify()
+    fs.pipe(f"{bucket}/data/train.csv", b"a,b\n1,3\n")
+    with pytest.raises(ms.IntegrityError, match=r"ETag|changed"):
+        v.verify()
+
+
 def test_https_reference(shelf: ms.Shelf, tmp_path: Path) -> None:
     import functools
     import http.server

@@ -50,6 +50,11 @@ def require(name: str, purpose: str | None = None) -> ModuleType:
         try:
             return importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name is None or module.split(".")[0] != exc.name.split(".")[0]:
+            missing = (exc.name or "").split(".")[0]
+            if name == "keras" and missing == "tensorflow":  # Keras 3 without its backend
+                raise MissingDependencyError(
+                    "tensorflow", "tensorflow", "Keras (its default backend, TensorFlow)"
+                ) from None
+            if exc.name is None or module.split(".")[0] != missing:
                 raise  # the framework is there but one of *its* imports failed: show that
     raise MissingDependencyError(package, extra, purpose or f"modelshelf's {name} support")

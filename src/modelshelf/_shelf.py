@@ -16,6 +16,7 @@ from ._core.gc import DEFAULT_GRACE_SECONDS, GcReport
 from ._core.gc import gc as run_gc
 from ._core.labels import AliasEvent
 from ._core.repository import Repository
+from ._core.sources import LocalFile
 from ._core.version import ArtifactVersion
 from ._errors import InvalidArgumentError
 from ._features import cleanup, tables
@@ -39,6 +40,7 @@ from ._format.names import (
 )
 from ._format.records import clean_metadata
 from ._models import load_model, log_model
+from ._progress import shown
 
 
 def with_run_metrics(repo: Any, metadata: dict[str, Any], run: Any) -> dict[str, Any]:
@@ -120,10 +122,13 @@ class Shelf:
         meta = with_run_metrics(self._repo, {**artifact.metadata, **clean_metadata(metadata)}, run)
         desc = description if description is not None else artifact.description
         fields = {"description": desc, "metadata": meta, "tags": tags}
-        return self._repo.commit(
-            artifact.name, artifact.type, artifact.entries(), fields,
-            aliases=aliases, run_id=run_id_of(run),
-        )  # fmt: skip
+        entries = artifact.entries()
+        local = sum(os.stat(e.path).st_size for e in entries.values() if isinstance(e, LocalFile))
+        with shown(local, f"log {artifact.name}"):
+            return self._repo.commit(
+                artifact.name, artifact.type, entries, fields,
+                aliases=aliases, run_id=run_id_of(run),
+            )  # fmt: skip
 
     def log_model(
         self,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .._errors import IntegrityError, InvalidMetadataError, NotFoundError
 from .._format.names import LATEST, run_id_of, validate_alias, validate_tag
 from .._format.records import Record, clean_metadata, parse_time
+from .._progress import shown
 from . import download as _download
 
 if TYPE_CHECKING:
@@ -108,9 +109,10 @@ class ArtifactVersion:
             IntegrityError: a file does not match its digest, a reference changed, or a
                 manifest path would escape the folder.
         """
-        return _download.download(
-            self._repo, self, None if root is None else Path(root), verify=verify
-        )
+        with shown(self.size, f"download {self.ref}"):
+            return _download.download(
+                self._repo, self, None if root is None else Path(root), verify=verify
+            )
 
     def path(self, file: str) -> Path:
         """Return a local path to one file of the version (fetched and checked if needed)."""

@@ -282,6 +282,13 @@ def recorded_class(rec: dict[str, Any], ref: str, *, trust_recipe: bool) -> type
     obj = _module_class(module, parts)
     if obj is None and module_name == "__main__":
         obj = _script_class(rec, qualname, ref)
+        if obj is None and not isinstance(rec.get("script"), str):
+            raise UnsupportedModelError(
+                f"{ref} was logged from the class {qualname} defined in a notebook (or an "
+                f"interactive session), which is not defined here. Run the cell that defines "
+                f"{qualname} first, or pass the model to load into: "
+                f"load_model({ref!r}, model={qualname}(...))."
+            )
     if obj is None:
         raise UnsupportedModelError(
             f"{ref} records {path!r} as its class, which is not a torch.nn.Module subclass "

@@ -37,8 +37,8 @@ class ObjectStoreStorage(Storage):
         self.fs.pipe_file(self.path(key), data)
 
     def upload(self, source: str | os.PathLike[str], key_for: KeyFor, expected: str | None) -> str:
-        if expected is None:
-            return super().upload(source, key_for, expected)
+        if expected is None:  # hash first: the upload goes to its final key, never copied there
+            expected = hash_chunks(file_chunks(source))[0]
         changed = ChangedWhileReading(source)
         return self._write_final(key_for(expected), file_chunks(source), expected, changed)[0]
 

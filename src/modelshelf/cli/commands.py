@@ -31,10 +31,8 @@ from .._api import shelf as default_shelf
 from .._config import cache_dir
 from .._errors import IntegrityError, InvalidArgumentError, ModelshelfError
 from .._features.diff import metrics_of
-from .._progress import human_size, listening
+from .._progress import PROGRESS_MIN_BYTES, human_size, listening
 from .._shelf import Shelf
-
-PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 
 
 class _State:
