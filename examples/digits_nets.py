@@ -4,45 +4,18 @@ that ``load_model`` can rebuild them in another process: the class must be impor
 
 from __future__ import annotations
 
-import lightning.pytorch as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from digits_data import load
 
+Batch = tuple[torch.Tensor, torch.Tensor]
 
-class DigitsCNN(L.LightningModule):
-    """A small CNN for 8x8 digit images."""
-
-    def __init__(self, channels: int = 16, lr: float = 0.003) -> None:
-        super().__init__()
-        self.save_hyperparameters()  # what load_model rebuilds the module from
-        self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
-        self.head = nn.Linear(2 * channels * 2 * 2, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.view(-1, 1, 8, 8)).flatten(1))
-
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        logits = self(x)
-        return nn.functional.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
-        self.log("train_loss", loss, on_epoch=True, on_step=False)
-        return loss
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> None:
-        loss, acc = self._loss(batch)
-        self.log_dict({"val_loss": loss, "val_acc": acc})
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+try:
+    import lightning.pytorch as L
+except ModuleNotFoundError:  # pip install "modelshelf[fastai]" brings torch and fastai only
+    L = None
 
 
 class DigitsMLP(nn.Module):
@@ -77,3 +50,38 @@ def accuracy(model: nn.Module, x: torch.Tensor | object, y: torch.Tensor | objec
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     model.eval()
     return (model(x).argmax(1) == y).float().mean().item()
+
+
+if L is not None:  # the Lightning examples' model
+
+    class DigitsCNN(L.LightningModule):
+        """A small CNN for 8x8 digit images."""
+
+        def __init__(self, channels: int = 16, lr: float = 0.003) -> None:
+            super().__init__()
+            self.save_hyperparameters()  # what load_model rebuilds the module from
+            self.features = nn.Sequential(
+                nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            )  # fmt: skip
+            self.head = nn.Linear(2 * channels * 2 * 2, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x.view(-1, 1, 8, 8)).flatten(1))
+
+        def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = batch
+            logits = self(x)
+            return nn.functional.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
+
+        def training_step(self, batch: Batch, _i: int) -> torch.Tensor:
+            loss, _ = self._loss(batch)
+            self.log("train_loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def validation_step(self, batch: Batch, _i: int) -> None:
+            loss, acc = self._loss(batch)
+            self.log_dict({"val_loss": loss, "val_acc": acc})
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import queue
+import tempfile
 import threading
 import weakref
 from collections.abc import Callable
@@ -39,6 +40,11 @@ class Writer:
 
     def submit(self, job: Callable[[], None]) -> None:
         if self._thread is None:
+            # Training loops fork while this thread runs (a DataLoader's workers, each epoch).
+            # A child forked while this thread held tempfile's first-use lock would hang at
+            # its own first tempfile call (multiprocessing makes one), so that lock is taken
+            # and released here, once, before the thread exists.
+            tempfile.TemporaryDirectory(prefix="modelshelf-").cleanup()
             self._thread = threading.Thread(
                 target=self._loop, name="modelshelf-writer", daemon=True
             )
