@@ -14,6 +14,8 @@ import sys
 import modelshelf as ms
 v = ms.log_artifact(sys.argv[1], name="big", type="model")
 v.download(sys.argv[2])
+ms.cache.prune(max_bytes=0)  # so that the next read fetches from the shelf
+v.path("big.bin")
 ms.log_artifact(sys.argv[3], name="small", type="model")
 print("done", flush=True)
 """
@@ -53,6 +55,7 @@ def test_a_terminal_gets_a_rich_bar_for_large_transfers_only(tmp_path: Path) -> 
     env = {**os.environ, "COLUMNS": "100"}
     shown = _run_on_a_terminal(_files(tmp_path), env)
     assert "log big" in shown and "download big:v0" in shown
+    assert "download big:v0/big.bin" in shown  # one file, as load_model reads it
     assert "log small" not in shown
 
     quiet = _run_on_a_terminal(_files(tmp_path / "again"), {**env, "MODELSHELF_PROGRESS": "0"})

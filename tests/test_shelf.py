@@ -276,16 +276,26 @@ def test_bad_references_are_refused(files: Path) -> None:
         art.add_reference((files / "missing").as_uri())
 
 
-def test_s3_reference_detects_change(shelf: ms.Shelf, s3_endpoint: str) -> None:
-    import s3fs
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_bucket_reference_detects_change(
+    shelf: ms.Shelf, scheme: str, request: pytest.FixtureRequest
+) -> None:
+    from conftest import new_bucket, new_gcs_bucket
 
-    from conftest import new_bucket
+    if scheme == "s3":
+        import s3fs
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    bucket = new_bucket(s3_endpoint)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        bucket = new_bucket(request.getfixturevalue("s3_endpoint"))
+    else:
+        import gcsfs
+
+        request.getfixturevalue("gcs_endpoint")
+        fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
+        bucket = new_gcs_bucket()
     fs.pipe(f"{bucket}/data/train.csv", b"a,b\n1,2\n")
     v = shelf.log_artifact(
-        ms.Artifact("s3ref", "dataset").add_reference(f"s3://{bucket}/data/train.csv")
+        ms.Artifact("ref", "dataset").add_reference(f"{scheme}://{bucket}/data/train.csv")
     )
     entry = v.manifest.files["train.csv"]
     assert entry.ref is not None and entry.ref.get("etag")
@@ -293,26 +303,6 @@ def test_s3_reference_detects_change(shelf: ms.Shelf, s3_endpoint: str) -> None:
     v.verify()
     fs.pipe(f"{bucket}/data/train.csv", b"a,b\n1,3\n")
     with pytest.raises(ms.IntegrityError, match="ETag"):
-        v.verify()
-
-
-def test_gcs_reference_detects_change(shelf: ms.Shelf, gcs_endpoint: str) -> None:
-    import gcsfs
-
-    from conftest import new_gcs_bucket
-
-    fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
-    bucket = new_gcs_bucket()
-    fs.pipe(f"{bucket}/data/train.csv", b"a,b\n1,2\n")
-    v = shelf.log_artifact(
-        ms.Artifact("gsref", "dataset").add_reference(f"gs://{bucket}/data/train.csv")
-    )
-    entry = v.manifest.files["train.csv"]
-    assert entry.ref is not None and entry.ref.get("etag")
-    assert v.download().joinpath("train.csv").read_bytes() == b"a,b\n1,2\n"
-    v.verify()
-    fs.pipe(f"{bucket}/data/train.csv", b"a,b\n1,3\n")
-    with pytest.raises(ms.IntegrityError, match=r"ETag|changed"):
         v.verify()
 
 

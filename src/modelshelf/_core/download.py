@@ -23,6 +23,7 @@ from .._config import cache_dir
 from .._errors import IntegrityError
 from .._format.layout import CachePaths, blob_key
 from .._format.manifest import FileEntry, safe_join
+from .._progress import shown
 from .._storage import Storage
 from .._storage.hashing import hash_chunks, write_hashed
 from . import hashcache, references
@@ -178,7 +179,9 @@ def download_file(repo: Repository, version: ArtifactVersion, rel: str) -> Path:
     """One file of the version, in its folder in the cache, checked."""
     dest = _targets(version_dir(repo, version), [rel])[rel]
     entry = version.manifest.files[rel]
-    blob = _cached_blob(repo.storage, version, rel, entry, verify=True)
+    fetched = entry.hex is None or not blob_path(entry.hex).exists()  # a bar only then
+    with shown(entry.size if fetched else 0, f"download {version.ref}/{rel}"):
+        blob = _cached_blob(repo.storage, version, rel, entry, verify=True)
     _place(blob, dest, link=True)
     if entry.hex:
         hashcache.mark_used([entry.hex])
