@@ -186,6 +186,40 @@ def test_corrupted_cache_is_refetched(shelf: ms.Shelf, files: Path) -> None:
     assert (again / "weights.bin").read_bytes() == (files / "weights.bin").read_bytes()
 
 
+def test_loads_trust_a_checked_cache_blob_and_verify_hashes_again(
+    shelf: ms.Shelf, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file a load reads (``path``) is hashed when it enters the cache, not on every load;
+    a blob changed since (its mtime or size moves) is hashed, found bad and fetched again;
+    ``download(verify=True)`` hashes every cached file whatever its stat data says."""
+    from modelshelf._core import hashcache
+
+    hashed: list[str] = []
+    real = hashcache.sha256_file
+    monkeypatch.setattr(
+        hashcache, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p)
+    )
+    v = shelf.log_artifact(files, name="m", type="model")
+    first = v.path("weights.bin")  # fetched into the cache and checked on the way
+    hashed.clear()
+    for _ in range(3):
+        assert shelf.get("m:latest").path("weights.bin").read_bytes() == first.read_bytes()
+    assert hashed == []  # hard links to the blob moved its ctime: still trusted
+
+    blob = first.resolve()
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff\xff")
+    assert v.path("weights.bin").read_bytes() == (files / "weights.bin").read_bytes()
+    assert len(hashed) == 1  # the changed blob was hashed, refused and fetched again
+
+    v.download()  # every file in the cache now
+    hashed.clear()
+    v.download(verify=True)
+    assert len(hashed) == len(v.files)
+
+
 def test_hostile_manifest_paths_are_refused(shelf: ms.Shelf, files: Path, tmp_path: Path) -> None:
     from modelshelf._format.layout import ArtifactKeys, manifest_key
     from modelshelf._format.manifest import Manifest

@@ -83,6 +83,7 @@ def _into_cache(chunks: Iterator[bytes], check: Callable[[str, int], None]) -> P
         st = os.stat(tmp)
         os.replace(tmp, dest)
         hashcache.remember(dest, hexdigest, st, written_by_us=True)
+        hashcache.trust_blob(dest, hexdigest, st)
         return dest
     finally:
         tmp.unlink(missing_ok=True)
@@ -104,14 +105,25 @@ def _fetch(storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntr
 
 
 def _cached_blob(
-    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, verify: bool
+    storage: Storage,
+    version: ArtifactVersion,
+    rel: str,
+    entry: FileEntry,
+    verify: bool,
+    *,
+    trust_checked: bool = False,
 ) -> Path:
-    """A verified cached copy of one file's bytes, fetched if missing or damaged."""
+    """A verified cached copy of one file's bytes, fetched if missing or damaged.
+
+    ``verify`` hashes a cached blob again, unless ``trust_checked`` and the blob is, by its
+    stat data, the one checked when it entered the cache (how loads read it)."""
     if entry.hex is None:  # a reference recorded without checksum: fetch, check size and ETag
         return _fetch(storage, version, rel, entry)
     cached = blob_path(entry.hex)
     if cached.exists():
-        if not verify or hashcache.file_digest(cached) == entry.hex:
+        if not verify or (trust_checked and hashcache.trusted_blob(cached, entry.hex)):
+            return cached
+        if hashcache.verify_blob(cached, entry.hex):
             return cached
         cached.unlink(missing_ok=True)  # damaged in the cache: fetch it again
     return _fetch(storage, version, rel, entry)
@@ -181,7 +193,7 @@ def download_file(repo: Repository, version: ArtifactVersion, rel: str) -> Path:
     entry = version.manifest.files[rel]
     fetched = entry.hex is None or not blob_path(entry.hex).exists()  # a bar only then
     with shown(entry.size if fetched else 0, f"download {version.ref}/{rel}"):
-        blob = _cached_blob(repo.storage, version, rel, entry, verify=True)
+        blob = _cached_blob(repo.storage, version, rel, entry, verify=True, trust_checked=True)
     _place(blob, dest, link=True)
     if entry.hex:
         hashcache.mark_used([entry.hex])

@@ -39,6 +39,10 @@ def _connect() -> sqlite3.Connection | None:
             "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
             " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
         )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS blobs (path TEXT PRIMARY KEY, size INTEGER,"
+            " mtime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
+        )
         conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
         conn.execute("CREATE TABLE IF NOT EXISTS logged_refs (uri TEXT PRIMARY KEY, at REAL)")
     except (OSError, sqlite3.Error):
@@ -104,6 +108,59 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     if _stat_key(os.stat(path)) == _stat_key(st):
         remember(path, digest, st)
     return digest
+
+
+# -- blobs of the download cache -----------------------------------------------------------
+# A cache blob is written by modelshelf, read-only, under its own digest, and was checked
+# against that digest when it entered the cache. After that, as git and huggingface_hub do, its
+# size, mtime, inode and device are enough to trust it; the ctime is left out, because every
+# hard link to the blob (one per version folder that holds it) moves it.
+
+
+def _blob_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def trust_blob(path: str | os.PathLike[str], digest: str, st: os.stat_result) -> None:
+    """Record that the cache blob ``path`` (stat data ``st``) was checked to hold ``digest``."""
+    with _LOCK:
+        conn = _connect()
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(
+                    "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
+                    (os.path.realpath(path), *_blob_key(st), digest),
+                )
+
+
+def trusted_blob(path: str | os.PathLike[str], digest: str) -> bool:
+    """Whether the cache blob ``path`` is, by its stat data, the one checked to hold ``digest``."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return False
+        try:
+            row = conn.execute(
+                "SELECT size, mtime_ns, ino, dev, digest FROM blobs WHERE path=?", (real,)
+            ).fetchone()
+        except sqlite3.Error:
+            return False
+    return row is not None and tuple(row[:4]) == _blob_key(st) and row[4] == digest
+
+
+def verify_blob(path: str | os.PathLike[str], digest: str) -> bool:
+    """Hash the cache blob ``path`` again; whether it holds ``digest`` (then it is trusted)."""
+    st = os.stat(path)
+    if sha256_file(path) != digest:
+        return False
+    if _blob_key(os.stat(path)) == _blob_key(st):
+        trust_blob(path, digest, st)
+    return True
 
 
 def forget(path: str | os.PathLike[str]) -> None:
