@@ -29,7 +29,7 @@ from .._format.records import (
     parse_time,
     writer_info,
 )
-from .._format.seqlog import SeqLog
+from .._format.seqlog import RecordCache, SeqLog
 from .._storage import Storage
 
 
@@ -64,6 +64,7 @@ class Labels:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._stored: dict[str, str] = {}
+        self.records = RecordCache()
 
     # -- where a name's records are ------------------------------------------------------
     def stored_as(self, name: str) -> str:
@@ -119,13 +120,17 @@ class Labels:
         """The keys of the folder that holds the records of ``name``."""
         return ArtifactKeys(self.stored_as(name))
 
+    def log(self, prefix: str, *, hint: bool = True) -> SeqLog:
+        """The log under ``prefix``, reading through this shelf's record cache."""
+        return SeqLog(self.storage, prefix, hint=hint, cache=self.records)
+
     def versions_log(self, name: str) -> SeqLog:
-        return SeqLog(self.storage, self.keys(name).versions)
+        return self.log(self.keys(name).versions)
 
     # -- mutable state: tags, description, metadata, deletion ------------------------------
     def state(self, name: str, version: int, record: Record) -> Record:
         """The current labels of ``name:v<version>`` whose commit record is ``record``."""
-        _, head = SeqLog(self.storage, self.keys(name).state(version), hint=False).head()
+        _, head = self.log(self.keys(name).state(version), hint=False).head()
         return head if head is not None else dict(initial_state(record))
 
     def all_states(self, name: str) -> dict[int, Record]:
@@ -142,7 +147,7 @@ class Labels:
                 try:
                     states[n] = loads(got[key], self.storage.describe(key))
                 except UnreadableRecord:  # the newest change is being written, or torn
-                    head = SeqLog(self.storage, self.keys(name).state(n), hint=False).head()
+                    head = self.log(self.keys(name).state(n), hint=False).head()
                     if head[1] is not None:
                         states[n] = head[1]
         return states
@@ -165,7 +170,7 @@ class Labels:
             state["at"] = isoformat(now())
             return state
 
-        log = SeqLog(self.storage, self.keys(name).state(version), hint=False)
+        log = self.log(self.keys(name).state(version), hint=False)
         if log.head()[1] is None:
             # The first change: start the log with the state as committed, then change it.
             log.storage.create(log.key(0), dumps(initial_state(record)))
@@ -181,7 +186,7 @@ class Labels:
     def alias_map(self, name: str) -> dict[str, int]:
         """Every alias of ``name`` (``latest`` excepted) and the version it points to."""
         key = self.keys(name).aliases
-        _, head = SeqLog(self.storage, key).head()
+        _, head = self.log(key).head()
         aliases = (head or {}).get("aliases", {})
         if not isinstance(aliases, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -229,7 +234,7 @@ class Labels:
             record: AliasRecord = {"aliases": current, "events": events, "by": writer_info()}
             return dict(record)
 
-        SeqLog(self.storage, self.keys(name).aliases).append(make)
+        self.log(self.keys(name).aliases).append(make)
 
     def remove_alias(
         self, name: str, alias: str, version: int, *, run_id: str | None = None
@@ -247,7 +252,7 @@ class Labels:
         ``latest`` moves with each new version; its history is derived from the versions.
         """
         events = []
-        log = SeqLog(self.storage, self.keys(name).aliases)
+        log = self.log(self.keys(name).aliases)
         for k, record in log.all():
             try:
                 for e in record.get("events", []):

@@ -370,7 +370,8 @@ class Repository:
         else:
             self.check_live(parsed.name)
         aliases = self.labels.alias_map(parsed.name)
-        latest = self.latest(parsed.name)
+        newest = self._latest(parsed.name)
+        latest = None if newest is None else newest[0]
         log = self.labels.versions_log(parsed.name)
         head = log.head()[0] if latest is None else latest
         if latest is None and not (parsed.version is not None and parsed.version <= head):
@@ -396,7 +397,10 @@ class Repository:
                 ref=str(ref),
             )
         record = log.get(number)
-        state = self.labels.state(parsed.name, number, record) if record else None
+        if newest is not None and number == newest[0]:
+            state: Record | None = newest[1]  # read just now, by _latest
+        else:
+            state = self.labels.state(parsed.name, number, record) if record else None
         if record is None or state is None or state.get("deleted"):
             gone = "was deleted" if record is not None else "does not exist"
             if state and state.get("quarantined"):
@@ -498,12 +502,19 @@ class Repository:
 
     def latest(self, name: str) -> int | None:
         """The newest version of ``name`` that was not deleted, or None."""
+        found = self._latest(name)
+        return None if found is None else found[0]
+
+    def _latest(self, name: str) -> tuple[int, Record] | None:
+        """The newest version of ``name`` that was not deleted, with its labels."""
         log = self.labels.versions_log(name)
         n, _ = log.head()
         while n >= 0:
             record = log.readable(n)  # None: being written, or torn by a crash
-            if record is not None and not self.labels.state(name, n, record).get("deleted"):
-                return n
+            if record is not None:
+                state = self.labels.state(name, n, record)
+                if not state.get("deleted"):
+                    return n, state
             n -= 1
         return None
 

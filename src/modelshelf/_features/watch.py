@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidArgumentError
 from .._format.names import LATEST, validate_alias, validate_name
-from .._format.seqlog import SeqLog, settled
+from .._format.seqlog import settled
 
 if TYPE_CHECKING:
     from .._core.repository import Repository
@@ -117,7 +117,7 @@ def _new_versions(
     (so the caller saves it after handling one)."""
     if alias is not None:
         # One head probe per cycle; the history is read only when the alias log grew.
-        head = SeqLog(repo.storage, repo.labels.keys(name).aliases).head()[0]
+        head = repo.labels.log(repo.labels.keys(name).aliases).head()[0]
         if head == seen.alias_head:
             return
         for event in repo.labels.alias_history(name, alias)[state.moves :]:

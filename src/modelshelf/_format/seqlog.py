@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 
@@ -65,13 +66,47 @@ def settled(storage: Storage, key: str, first_seen: dict[str, tuple[float, int]]
     return time.monotonic() - seen[0] > TORN_AFTER_SECONDS
 
 
+class RecordCache:
+    """The bytes of log records that decoded, by key, for one reader of a shelf.
+
+    A record of a log is written once (create-if-absent) and never changed: once it decodes,
+    reading it again can only give the same bytes, so they are kept (bytes, not the decoded
+    record, so that no caller can change what another one reads). Absent and torn records
+    are never kept: they may appear, or be written again. Only ``fsck --repair`` replaces a
+    record that decodes, and it runs while no one else uses the shelf.
+    """
+
+    MAX_RECORDS = 4096
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        return self._data.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            if len(self._data) >= self.MAX_RECORDS:
+                self._data.clear()  # a reader's working set is far smaller
+            self._data[key] = data
+
+
 class SeqLog:
     """The numbered records under one prefix of a shelf."""
 
-    def __init__(self, storage: Storage, prefix: str, *, hint: bool = True) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        prefix: str,
+        *,
+        hint: bool = True,
+        cache: RecordCache | None = None,
+    ) -> None:
         self.storage = storage
         self.prefix = prefix
         self.hint = hint
+        self.cache = cache
 
     def key(self, n: int) -> str:
         return record_key(self.prefix, n)
@@ -79,8 +114,17 @@ class SeqLog:
     def raw(self, n: int) -> Record | None:
         """Record ``n`` as stored (void records included), or None if there is none;
         UnreadableRecord if it does not decode."""
-        data = self.storage.try_read(self.key(n))
-        return None if data is None else loads(data, self.storage.describe(self.key(n)))
+        key = self.key(n)
+        data = self.cache.get(key) if self.cache is not None else None
+        if data is None:
+            data = self.storage.try_read(key)
+            if data is None:
+                return None
+            record = loads(data, self.storage.describe(key))
+            if self.cache is not None:
+                self.cache.put(key, data)  # it decoded: it never changes again
+            return record
+        return loads(data, self.storage.describe(key))
 
     def get(self, n: int) -> Record | None:
         """Record ``n``, or None if there is none or it is void; UnreadableRecord if it does
