@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -102,30 +103,50 @@ QUICKSTARTS = {
 }
 
 
+def _venv_for(notebook: str, wheel: Path, where: Path) -> tuple[Path, str]:
+    """A fresh venv where the notebook's install cell ran, its source URL swapped for the
+    wheel; and what importing modelshelf.integrations.keras said there, for the Keras one."""
+    python = fresh_venv(where)
+    requirements = [r.replace(SOURCE_AT_TAG, wheel.as_uri()) for r in install_cell(notebook)]
+    pip_install(python, *requirements)
+    said = ""
+    if notebook == "keras_quickstart":
+        probe = "import modelshelf.integrations.keras"
+        said = subprocess.run([str(python), "-c", probe], capture_output=True, text=True).stderr
+        # Colab has TensorFlow already; this venv gets the CPU build of the release the test
+        # venv has (its wheel is on this disk: nothing is downloaded).
+        pip_install(python, f"tensorflow-cpu=={importlib.metadata.version('tensorflow-cpu')}")
+    return python, said
+
+
+@pytest.fixture(scope="module")
+def notebook_venvs(
+    wheel: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, str]]:
+    """One fresh venv per quick-start notebook, installed side by side (pip mostly waits on
+    the disk, so three at once take little longer than the largest)."""
+    root = tmp_path_factory.mktemp("venvs")
+    with ThreadPoolExecutor(max_workers=len(QUICKSTARTS)) as pool:
+        futures = {nb: pool.submit(_venv_for, nb, wheel, root / nb) for nb in QUICKSTARTS}
+        return {nb: future.result() for nb, future in futures.items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", sorted(QUICKSTARTS))
 def test_the_notebook_install_cell_gives_what_its_quick_start_needs(
-    notebook: str, wheel: Path, tmp_path: Path
+    notebook: str, notebook_venvs: dict[str, tuple[Path, str]], tmp_path: Path
 ) -> None:
-    """Run the cell with the source URL swapped for the wheel, in a fresh venv, then the
-    framework's quick start and, in a fresh process, load_model of what it logged."""
-    python = fresh_venv(tmp_path / "venv")
-    requirements = [r.replace(SOURCE_AT_TAG, wheel.as_uri()) for r in install_cell(notebook)]
-    pip_install(python, *requirements)
-    if notebook == "keras_quickstart":
-        # Keras alone has no backend: it says which extra brings one. Colab has TensorFlow
-        # already; this venv gets the CPU build this machine has.
-        probe = "import modelshelf.integrations.keras"
-        proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
-        assert 'pip install "modelshelf[tensorflow]"' in proc.stderr, proc.stderr[-2000:]
-        # The release the test venv has (its wheel is on this disk: nothing is downloaded).
-        pip_install(python, f"tensorflow-cpu=={importlib.metadata.version('tensorflow-cpu')}")
+    """The framework's quick start runs in the venv the install cell made, and load_model
+    gives back, in a fresh process, what it logged."""
+    python, said = notebook_venvs[notebook]
+    if notebook == "keras_quickstart":  # Keras alone has no backend: the error says which extra
+        assert 'pip install "modelshelf[tensorflow]"' in said, said[-2000:]
     if notebook == "lightning_quickstart":  # LightningCLI's own requirements came too
         usage = run_in(python, str(REPO / "tests" / "lightning_cli.py"), "--help", cwd=tmp_path)
         assert "fit" in usage
     script, name = QUICKSTARTS[notebook]
     where = run_in(python, "-c", "import modelshelf; print(modelshelf.__file__)", cwd=tmp_path)
-    assert str(tmp_path / "venv") in where  # the installed wheel, not the checkout
+    assert str(python.parent.parent) in where  # the installed wheel, not the checkout
     trained = run_in(python, str(REPO / "examples" / f"{script}.py"), cwd=tmp_path)
     loaded = run_in(python, str(REPO / "examples" / "inference.py"), f"{name}:best", cwd=tmp_path)
     assert abs(printed(loaded) - printed(trained)) < 1e-9 and printed(trained) > 0.5
