@@ -196,9 +196,7 @@ def test_loads_trust_a_checked_cache_blob_and_verify_hashes_again(
 
     hashed: list[str] = []
     real = hashcache.sha256_file
-    monkeypatch.setattr(
-        hashcache, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p)
-    )
+    monkeypatch.setattr(hashcache, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
     v = shelf.log_artifact(files, name="m", type="model")
     first = v.path("weights.bin")  # fetched into the cache and checked on the way
     hashed.clear()
