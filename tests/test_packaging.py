@@ -7,11 +7,13 @@ import importlib.metadata
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,7 +61,14 @@ def pip_install(python: Path, *requirements: str) -> None:
         [str(python), "-m", "pip", "install", "-q", "--no-compile", *requirements],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, _pip_failure(proc.stderr)
+
+
+def _pip_failure(stderr: str) -> str:
+    """What pip said when it failed, without its warnings about this machine's local indexes
+    (one for each package they lack, which would push the error itself out of sight)."""
+    said = [ln for ln in stderr.splitlines() if "is ignored: it is neither a file" not in ln]
+    return "\n".join(said)[-4000:]
 
 
 def install_cell(notebook: str) -> list[str]:
@@ -102,11 +111,37 @@ QUICKSTARTS = {
     "fastai_quickstart": ("fastai_quickstart", "digits-mlp"),
 }
 
+#: The notebooks whose venvs get Colab's preinstalled PyTorch.
+USES_TORCH = {"lightning_quickstart", "fastai_quickstart"}
+#: What a Colab runtime has before any install cell runs, for the notebooks that use it.
+PREINSTALLED = ("torch", "torchvision")
 
-def _venv_for(notebook: str, wheel: Path, where: Path) -> tuple[Path, str]:
+
+def _preinstalled(where: Path) -> Path:
+    """The folder that plays Colab's preinstalled PyTorch: torch and torchvision at the test
+    venv's releases (their wheels are on this disk: nothing is downloaded), installed once and
+    put on the path of each PyTorch notebook's venv. Two copies would take another 5 GB."""
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in PREINSTALLED]
+    # ``pip --target``: what a venv's own pip would install, into a plain folder.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-compile",
+         "--target", str(where), *pins],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, _pip_failure(proc.stderr)
+    return where
+
+
+def _venv_for(
+    notebook: str, wheel: Path, where: Path, torch: Future[Path] | None
+) -> tuple[Path, str]:
     """A fresh venv where the notebook's install cell ran, its source URL swapped for the
-    wheel; and what importing modelshelf.integrations.keras said there, for the Keras one."""
+    wheel; and what importing modelshelf.integrations.keras said there, for the Keras one.
+    ``torch``: the preinstalled PyTorch to put on its path first, as Colab has it."""
     python = fresh_venv(where)
+    if torch is not None:
+        (site,) = where.glob("lib/python*/site-packages")
+        (site / "colab-preinstalled.pth").write_text(f"{torch.result()}\n")
     requirements = [r.replace(SOURCE_AT_TAG, wheel.as_uri()) for r in install_cell(notebook)]
     pip_install(python, *requirements)
     said = ""
@@ -122,13 +157,24 @@ def _venv_for(notebook: str, wheel: Path, where: Path) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def notebook_venvs(
     wheel: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[Path, str]]:
+) -> Iterator[dict[str, tuple[Path, str]]]:
     """One fresh venv per quick-start notebook, installed side by side (pip mostly waits on
-    the disk, so three at once take little longer than the largest)."""
+    the disk), and removed after the module: they are GBs, and pytest keeps the temporary
+    folders of its last three runs."""
     root = tmp_path_factory.mktemp("venvs")
-    with ThreadPoolExecutor(max_workers=len(QUICKSTARTS)) as pool:
-        futures = {nb: pool.submit(_venv_for, nb, wheel, root / nb) for nb in QUICKSTARTS}
-        return {nb: future.result() for nb, future in futures.items()}
+    try:
+        with ThreadPoolExecutor(max_workers=len(QUICKSTARTS) + 1) as pool:
+            torch = pool.submit(_preinstalled, root / "colab")
+            futures = {
+                nb: pool.submit(
+                    _venv_for, nb, wheel, root / nb, torch if nb in USES_TORCH else None
+                )
+                for nb in QUICKSTARTS
+            }
+            venvs = {nb: future.result() for nb, future in futures.items()}
+        yield venvs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
