@@ -12,7 +12,7 @@ import pytest
 
 import modelshelf as ms
 from conftest import blob_keys, make_url
-from modelshelf._format.layout import manifest_key
+from modelshelf._format.layout import blob_key, manifest_key
 
 
 def _hex(v: ms.ArtifactVersion, path: str) -> str:
@@ -197,3 +197,41 @@ def test_cache_info_and_prune_least_recently_used(shelf: ms.Shelf, tmp_path: Pat
     assert old.download().joinpath("a").read_text() == "x" * 1000  # fetched again
     with pytest.raises(ValueError, match="max_bytes"):
         ms.cache.prune(-1)
+
+
+def test_gc_of_pruned_versions_frees_only_their_own_bytes(shelf: ms.Shelf, tmp_path: Path) -> None:
+    """What keep_last runs after each prune: no listing of the shelf, the same handshake."""
+    import uuid
+
+    from modelshelf._core.gc import gc as collect
+    from modelshelf._format.layout import lease_key
+    from modelshelf._format.records import dumps, isoformat, now
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    v0 = _log(shelf, folder, {"shared": "both", "other": "x holds it too", "own": "v0 only",
+                              "leased": "a writer in flight"})  # fmt: skip
+    _log(shelf, folder, {"shared": "both"})
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "other").write_text("x holds it too")
+    shelf.log_artifact(tmp_path / "x", name="x", type="dataset")
+    storage = shelf.repository.storage
+    lease = {"at": isoformat(now()), "by": {}, "blobs": [_hex(v0, "leased")], "manifests": []}
+    storage.replace(lease_key(uuid.uuid4().hex), dumps(lease))  # type: ignore[arg-type]
+    orphan, _ = storage.put_stream(lambda: [b"no version holds me"], blob_key)
+    before = blob_keys(shelf)
+
+    gone = shelf.prune("m", keep_last=1)
+    assert [v.ref for v in gone] == ["m:v0"]
+    report = collect(shelf.repository, dry_run=False, grace_period=0, only=gone)
+    assert (report.blobs, report.manifests, report.kept_leased) == (1, 1, 1)
+    assert report.bytes == len("v0 only")
+    after = blob_keys(shelf)
+    assert set(before) - set(after) == {f"blobs/sha256/{_hex(v0, 'own')[:2]}/{_hex(v0, 'own')}"}
+    assert not storage.exists(manifest_key(v0.manifest_hex))
+    for ref in ("m:v1", "x:v0"):
+        shelf.get(ref).verify()
+    # Only the pruned version's bytes were looked at: a full pass finds the orphan.
+    full = shelf.gc(grace_period=0, dry_run=True)
+    assert (full.blobs, full.bytes) == (1, len(b"no version holds me"))
+    assert storage.exists(blob_key(orphan))

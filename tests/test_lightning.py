@@ -469,3 +469,42 @@ def test_a_model_that_cannot_be_rebuilt_is_said_at_save_and_at_load(
     )
     loaded = ms.load_model("ae:best", shelf=shelf, model=fresh)
     assert torch.equal(loaded.encoder[0].weight, model.encoder[0].weight)
+
+
+class FrozenBody(L.LightningModule):
+    """A fine-tune: two frozen 1 MiB layers (a chunk each on the shelf) under a trained head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 512), nn.Linear(512, 512), nn.Linear(512, 512))
+        self.body.requires_grad_(False)
+        self.head = nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _i: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.head.parameters(), lr=0.1)
+
+
+def test_checkpoints_of_a_fine_tune_store_the_frozen_body_once(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    model = FrozenBody()
+    fit(model, ShelfCheckpoint("ft", shelf=shelf, save_weights_only=True), epochs=3)
+    versions = shelf.versions("ft")
+    assert len(versions) == 3
+    weights = [v.manifest.files["model.safetensors"] for v in versions]
+    assert all(w.chunks for w in weights)
+    frozen = {d for w in weights for d, n in w.chunks if n == 512 * 512 * 4}
+    assert len(frozen) == 2  # the two 1 MiB frozen layers: one chunk each, in every version
+    blobs = sum(
+        os.path.getsize(p) for p in (tmp_path / "shelf" / "blobs").rglob("*") if p.is_file()
+    )
+    assert blobs < weights[0].size + 2 * (weights[0].size - 2 * 512 * 512 * 4)
+    loaded = shelf.load_model("ft:latest", model=FrozenBody())
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

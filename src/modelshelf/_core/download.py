@@ -11,7 +11,7 @@ re-hashing whatever changed since).
 from __future__ import annotations
 
 import contextlib
-import itertools
+import hashlib
 import os
 import shutil
 import uuid
@@ -57,16 +57,51 @@ def _source(
     """The bytes of one file, from the shelf's blobs or from the referenced location."""
     if entry.ref is not None:
         return references.fetch(rel, entry)
-    hexes = [d.split(":", 1)[1] for d, _ in entry.chunks] if entry.chunks else [entry.hex or ""]
-    for h in hexes:
-        if not storage.exists(blob_key(h)):
+    if entry.chunks:
+        return _checked_chunks(storage, version, rel, entry)
+    h = entry.hex or ""
+    if not storage.exists(blob_key(h)):
+        raise _missing(storage, version, rel, h)
+    return storage.iter_chunks(blob_key(h))
+
+
+def _missing(
+    storage: Storage, version: ArtifactVersion, rel: str, hexdigest: str
+) -> IntegrityError:
+    return IntegrityError(
+        f"{version.ref}: the bytes of {rel!r} are missing from the shelf "
+        f"({storage.describe(blob_key(hexdigest))}).",
+        ref=version.ref,
+        files=[rel],
+    )
+
+
+def _checked_chunks(
+    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry
+) -> Iterator[bytes]:
+    """The bytes of a file stored in chunks, each checked against its own digest and size
+    as it goes by (so a damaged chunk is named, and nothing after it is read)."""
+    for i, (digest, size) in enumerate(entry.chunks):
+        expected = digest.split(":", 1)[1]
+        h, n = hashlib.sha256(), 0
+        try:
+            for buf in storage.iter_chunks(blob_key(expected)):
+                h.update(buf)
+                n += len(buf)
+                if n > size:
+                    break
+                yield buf
+        except FileNotFoundError:
+            raise _missing(storage, version, rel, expected) from None
+        if n != size or h.hexdigest() != expected:
             raise IntegrityError(
-                f"{version.ref}: the bytes of {rel!r} are missing from the shelf "
-                f"({storage.describe(blob_key(h))}).",
+                f"{version.ref}: chunk {i + 1} of {len(entry.chunks)} of {rel!r} is corrupted "
+                f"({storage.describe(blob_key(expected))} should hold {size} bytes with "
+                f"{digest}; read {'more than ' if n > size else ''}{n} bytes"
+                f"{'' if n > size else f' with sha256:{h.hexdigest()}'}).",
                 ref=version.ref,
                 files=[rel],
             )
-    return itertools.chain.from_iterable(storage.iter_chunks(blob_key(h)) for h in hexes)
 
 
 def _into_cache(chunks: Iterator[bytes], check: Callable[[str, int], None]) -> Path:

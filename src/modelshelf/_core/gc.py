@@ -22,12 +22,22 @@ import datetime as _dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._errors import IntegrityError
-from .._format.layout import BLOBS, GC, LEASES, MANIFESTS, ROOT_RECORD, TMP, GcKeys
+from .._format.layout import (
+    BLOBS,
+    GC,
+    LEASES,
+    MANIFESTS,
+    ROOT_RECORD,
+    TMP,
+    GcKeys,
+    blob_key,
+    manifest_key,
+)
 from .._format.layout import manifest_hex as manifest_hex_of
 from .._format.manifest import HEX_RE
 from .._format.records import (
@@ -44,6 +54,7 @@ from .._storage import Storage
 
 if TYPE_CHECKING:
     from .repository import Repository
+    from .version import ArtifactVersion
 
 logger = logging.getLogger("modelshelf")
 
@@ -173,15 +184,27 @@ def _referenced(repo: Repository, report: GcReport) -> tuple[set[str], set[str]]
                 set_aside.add(str(record.get("manifest")))
     for hexdigest, ref in manifests.items():
         try:
-            blobs |= repo.manifest(hexdigest).blob_hexes()
+            blobs |= repo.manifest(hexdigest, cached=True).blob_hexes()
         except IntegrityError:
             if hexdigest not in set_aside:  # known damage that fsck set aside blocks nothing
                 report.damaged.append(ref)
     return blobs, set(manifests)
 
 
-def gc(repo: Repository, *, dry_run: bool, grace_period: float) -> GcReport:
-    """Free the blobs and manifests no version needs (see the module's docstring)."""
+def gc(
+    repo: Repository,
+    *,
+    dry_run: bool,
+    grace_period: float,
+    only: Iterable[ArtifactVersion] | None = None,
+) -> GcReport:
+    """Free the blobs and manifests no version needs (see the module's docstring).
+
+    ``only``: versions just deleted; free only their own blobs and manifests (those no other
+    version needs), without listing every blob of the shelf: what ``keep_last`` does after each
+    prune. The handshake with writers is the same; stale leases and temporary files are left
+    to a full pass.
+    """
     storage = repo.storage
     report = GcReport(dry_run=dry_run)
     if storage.try_read(ROOT_RECORD) is None:
@@ -200,7 +223,7 @@ def gc(repo: Repository, *, dry_run: bool, grace_period: float) -> GcReport:
     thread = threading.Thread(target=beat, name="modelshelf-gc-beat", daemon=True)
     thread.start()
     try:
-        _collect(repo, report, grace_period)
+        _collect(repo, report, grace_period, None if only is None else list(only))
     finally:
         stop.set()
         thread.join()
@@ -208,7 +231,33 @@ def gc(repo: Repository, *, dry_run: bool, grace_period: float) -> GcReport:
     return report
 
 
-def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
+def _candidates(
+    repo: Repository, versions: list[ArtifactVersion]
+) -> tuple[dict[str, tuple[int, _dt.datetime | None]], dict[str, tuple[int, _dt.datetime | None]]]:
+    """The blob and manifest keys of ``versions`` that exist, with size and time, as
+    ``find_detailed`` gives them (one request per key: there are few)."""
+    storage = repo.storage
+    blobs: dict[str, tuple[int, _dt.datetime | None]] = {}
+    manifests: dict[str, tuple[int, _dt.datetime | None]] = {}
+    for version in versions:
+        try:
+            sizes = version.manifest.blob_sizes()
+        except IntegrityError:
+            sizes = {}
+        wanted = [(blobs, blob_key(h)) for h in sizes]
+        if HEX_RE.fullmatch(version.manifest_hex):
+            wanted.append((manifests, manifest_key(version.manifest_hex)))
+        for found, key in wanted:
+            if key in found:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                found[key] = (storage.size(key), storage.modified(key))
+    return blobs, manifests
+
+
+def _collect(
+    repo: Repository, report: GcReport, grace_period: float, only: list[ArtifactVersion] | None
+) -> None:
     storage = repo.storage
     # Leases are read after the gc record is written: a writer that leased later sees it.
     leased: set[str] = set()
@@ -230,8 +279,13 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
     referenced, manifests = _referenced(repo, report)
     cutoff = now() - _dt.timedelta(seconds=grace_period)
 
+    if only is None:
+        blob_keys, manifest_keys = storage.find_detailed(BLOBS), storage.find_detailed(MANIFESTS)
+    else:
+        blob_keys, manifest_keys = _candidates(repo, only)
+        stale_leases = []
     victims = []
-    for key, (size, mtime) in storage.find_detailed(BLOBS).items():
+    for key, (size, mtime) in blob_keys.items():
         hexdigest = key.rsplit("/", 1)[-1]
         if not HEX_RE.fullmatch(hexdigest) or hexdigest in referenced:
             continue
@@ -246,7 +300,7 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
             report.blobs += 1
             report.bytes += size
     old_manifests = []
-    for key, (_size, mtime) in storage.find_detailed(MANIFESTS).items():
+    for key, (_size, mtime) in manifest_keys.items():
         hexdigest = manifest_hex_of(key)
         if hexdigest in manifests or hexdigest in leased_manifests or report.damaged:
             continue
@@ -255,7 +309,7 @@ def _collect(repo: Repository, report: GcReport, grace_period: float) -> None:
     tmp_cutoff = now() - _dt.timedelta(seconds=max(grace_period, TMP_TTL_SECONDS))
     temporary = [
         key
-        for key, (_size, mtime) in storage.find_detailed(TMP).items()
+        for key, (_size, mtime) in (storage.find_detailed(TMP) if only is None else {}).items()
         if mtime is not None and mtime <= tmp_cutoff
     ]
     report.manifests = len(old_manifests)

@@ -9,10 +9,13 @@ within the same timestamp tick), as in git's "racy clean" rule.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 
 from .._config import cache_dir
 from .._format.layout import CachePaths
@@ -43,6 +46,7 @@ def _connect() -> sqlite3.Connection | None:
             "CREATE TABLE IF NOT EXISTS blobs (path TEXT PRIMARY KEY, size INTEGER,"
             " mtime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
         )
+        conn.execute("CREATE TABLE IF NOT EXISTS chunked (chunks TEXT PRIMARY KEY, digest TEXT)")
         conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
         conn.execute("CREATE TABLE IF NOT EXISTS logged_refs (uri TEXT PRIMARY KEY, at REAL)")
     except (OSError, sqlite3.Error):
@@ -161,6 +165,42 @@ def verify_blob(path: str | os.PathLike[str], digest: str) -> bool:
     if _blob_key(os.stat(path)) == _blob_key(st):
         trust_blob(path, digest, st)
     return True
+
+
+# -- files stored in chunks ------------------------------------------------------------------
+# A file is the concatenation of its chunks, so chunks with the same digests, in the same
+# order, make a file with the same digest: one hashing pass over the chunks then stands for
+# two (a re-log of an unchanged model hashes each byte once).
+
+
+def _chunks_key(chunks: Sequence[tuple[str, int]]) -> str:
+    return hashlib.sha256(json.dumps(list(chunks)).encode()).hexdigest()
+
+
+def whole_digest(chunks: Sequence[tuple[str, int]]) -> str | None:
+    """The digest recorded for the file made of ``chunks`` ((digest, size) in order)."""
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(
+                "SELECT digest FROM chunked WHERE chunks=?", (_chunks_key(chunks),)
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+    return None if row is None else str(row[0])
+
+
+def remember_whole(chunks: Sequence[tuple[str, int]], digest: str) -> None:
+    """Record that the file made of ``chunks`` hashed to ``digest``."""
+    with _LOCK:
+        conn = _connect()
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(
+                    "INSERT OR REPLACE INTO chunked VALUES (?, ?)", (_chunks_key(chunks), digest)
+                )
 
 
 def forget(path: str | os.PathLike[str]) -> None:

@@ -1,19 +1,41 @@
 """Where the bytes of a file to commit come from: a local file, bytes made on the fly, or
-another shelf's blobs. Each knows how to store itself in a repository (again, if gc took it)."""
+another shelf's blobs. Each knows how to store itself in a repository (again, if gc took it).
+
+A safetensors file is stored in chunks cut on tensor boundaries (``_format.safetensors``):
+each chunk is hashed first, and only the chunks the shelf lacks are sent, so a checkpoint
+whose frozen layers did not change stores only what did, and a re-log of an unchanged model
+writes nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextvars
+import functools
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._config import CHUNK_SIZE
+from .._errors import ConflictError
+from .._format import safetensors
 from .._format.layout import blob_key
 from .._format.manifest import FileEntry
 from .._storage import Storage
+from .._storage.base import IN_MEMORY, ChangedWhileReading
+from .._storage.hashing import Hasher, nbytes
+from . import hashcache
 
 if TYPE_CHECKING:
     from .repository import Repository
+
+#: The bytes of one chunk, as buffers; called once per pass over them.
+Piece = Callable[[], Iterable[Any]]
+#: Chunks sent at once to an object store, where each request waits on the network.
+REMOTE_SENDS = 8
 
 
 class Source(Protocol):
@@ -30,8 +52,20 @@ class LocalFile:
     path: Path
 
     def store(self, repo: Repository) -> FileEntry:
-        hexdigest, size = repo.put_file(self.path)
-        return FileEntry(size=size, digest=f"sha256:{hexdigest}")
+        st = os.stat(self.path)
+        pieces = file_pieces(self.path, st.st_size)
+        if pieces is None:
+            hexdigest, size = repo.put_file(self.path)
+            return FileEntry(size=size, digest=f"sha256:{hexdigest}")
+        changed = ConflictError(
+            f"{str(self.path)!r} changed while it was being stored; log it again."
+        )
+        entry = store_chunked(repo.storage, pieces, changed)
+        after = os.stat(self.path)
+        same = (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+        if not same or entry.size != st.st_size:
+            raise changed
+        return entry
 
 
 @dataclass(frozen=True)
@@ -40,8 +74,18 @@ class StreamedFile:
     is called once per pass over them."""
 
     chunks: Callable[[], Iterable[Any]]
+    #: The same bytes cut in chunks to store apart, when they can be (a safetensors file).
+    #: None, or returning None: store them whole.
+    pieces: Callable[[], Sequence[Piece] | None] | None = None
 
     def store(self, repo: Repository) -> FileEntry:
+        pieces = self.pieces() if self.pieces is not None else None
+        if pieces is not None:
+            changed = ConflictError(
+                "The tensors changed while they were being stored (is the model still training "
+                "in another thread?); log it again."
+            )
+            return store_chunked(repo.storage, pieces, changed)
         hexdigest, size = repo.storage.put_stream(self.chunks, blob_key)
         return FileEntry(size=size, digest=f"sha256:{hexdigest}")
 
@@ -69,3 +113,176 @@ class Referenced:
 
     def store(self, repo: Repository) -> FileEntry:
         return self.entry
+
+
+def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception) -> FileEntry:
+    """Store a file as the chunks ``pieces`` yield, in order; one piece makes a plain blob.
+
+    First each chunk is hashed (several at once), and only the chunks the shelf lacks are
+    written. The whole file's sha256 comes from the hash cache when the same chunks made a
+    file before; otherwise a second pass computes it, checking each chunk again and writing
+    the missing ones on the way (to an object store, they are sent beside it, several at
+    once). ``changed`` is raised when bytes differ between the passes, and nothing stored
+    ever mismatches its digest.
+    """
+    remote = storage.hash_before_upload
+    if not remote and not storage.exists(blob_key(_hash_piece(pieces[0])[0])):
+        # A new header (names, shapes, dtypes): nothing like it was stored, so little will be
+        # shared. One pass writes each chunk while hashing it.
+        try:
+            return _write_first(storage, pieces)
+        except ChangedWhileReading:
+            raise changed from None
+    hashers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=hashers, thread_name_prefix="modelshelf-hash") as pool:
+        chunks = [(f"sha256:{h}", n) for h, n in pool.map(_hash_piece, pieces)]
+    unique = {d.split(":", 1)[1]: p for p, (d, _) in zip(pieces, chunks, strict=True)}
+    with ThreadPoolExecutor(
+        max_workers=REMOTE_SENDS if remote else 1, thread_name_prefix="modelshelf-send"
+    ) as pool:
+        # Each call in a copy of this context: progress listeners live there.
+        missing = {
+            h: p
+            for (h, p), there in zip(
+                unique.items(),
+                pool.map(
+                    lambda h: contextvars.copy_context().run(storage.exists, blob_key(h)), unique
+                ),
+                strict=True,
+            )
+            if not there
+        }
+        sends: list[Future[tuple[str, int]]] = []
+        try:
+            if remote:
+                sends = [
+                    pool.submit(
+                        contextvars.copy_context().run,
+                        storage.put_stream, piece, blob_key, expected=h,
+                    )
+                    for h, piece in missing.items()
+                ]  # fmt: skip
+                missing = {}
+            digest = hashcache.whole_digest(chunks)
+            if digest is None:
+                digest = _second_pass(storage, pieces, chunks, missing)
+                hashcache.remember_whole(chunks, digest)
+            for h, piece in missing.items():  # the whole digest was known: no second pass
+                storage.put_stream(piece, blob_key, expected=h)
+            for future in sends:
+                future.result()
+        except ChangedWhileReading:
+            raise changed from None
+        except BaseException:
+            for future in sends:
+                future.cancel()
+            raise
+    return _entry(digest, chunks)
+
+
+def _entry(digest: str, chunks: list[tuple[str, int]]) -> FileEntry:
+    size = sum(n for _, n in chunks)
+    if len(chunks) == 1:
+        return FileEntry(size=size, digest=f"sha256:{digest}")
+    return FileEntry(size=size, digest=f"sha256:{digest}", chunks=tuple(chunks))
+
+
+def _write_first(storage: Storage, pieces: Sequence[Piece]) -> FileEntry:
+    """Store each piece as a blob in one pass (written while hashed, on a local shelf; an
+    existing blob is replaced by the same bytes), the whole file hashed on a second thread."""
+    whole = Hasher()
+    try:
+        stored = storage.put_many([_Once(piece, whole) for piece in pieces], blob_key)
+    except BaseException:
+        whole.abandon()
+        raise
+    chunks = [(f"sha256:{hexdigest}", size) for hexdigest, size in stored]
+    digest = whole.hexdigest()
+    hashcache.remember_whole(chunks, digest)
+    return _entry(digest, chunks)
+
+
+class _Once:
+    """A piece's bytes, also fed to ``whole`` as they go by: one pass only (a second would
+    feed them twice)."""
+
+    def __init__(self, piece: Piece, whole: Hasher) -> None:
+        self.piece, self.whole, self.called = piece, whole, False
+
+    def __call__(self) -> Iterator[Any]:
+        if self.called:
+            raise RuntimeError("a chunk written in one pass was read twice")
+        self.called = True
+        for buf in self.piece():
+            self.whole.update(buf)
+            yield buf
+
+
+def _hash_piece(piece: Piece) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    for buf in piece():
+        h.update(buf)
+        n += nbytes(buf)
+    return h.hexdigest(), n
+
+
+def _second_pass(
+    storage: Storage,
+    pieces: Sequence[Piece],
+    chunks: list[tuple[str, int]],
+    missing: dict[str, Piece],
+) -> str:
+    """The sha256 of the concatenated pieces (on a second thread). Each piece is checked
+    again against ``chunks``; those in ``missing`` are written on the way (``put_stream``
+    checks them), and removed from it."""
+    whole = Hasher()
+
+    def tee(piece: Piece) -> Iterator[Any]:
+        for buf in piece():
+            whole.update(buf)
+            yield buf
+
+    try:
+        for piece, (digest, size) in zip(pieces, chunks, strict=True):
+            hexdigest = digest.split(":", 1)[1]
+            if missing.pop(hexdigest, None) is not None:
+                storage.put_stream(functools.partial(tee, piece), blob_key, expected=hexdigest)
+            elif _hash_piece(functools.partial(tee, piece)) != (hexdigest, size):
+                raise ChangedWhileReading(IN_MEMORY)
+    except BaseException:
+        whole.abandon()
+        raise
+    return whole.hexdigest()
+
+
+def file_pieces(path: Path, size: int) -> list[Piece] | None:
+    """A local safetensors file cut on tensor boundaries; None for any other file, or one
+    too small to cut (it is stored whole)."""
+    if size <= safetensors.CHUNK_MIN:
+        return None
+    with open(path, "rb") as f:
+        n = safetensors.header_length(f.read(8), size)
+        if n is None:
+            return None
+        tensors = safetensors.tensor_sizes(f.read(n), size - 8 - n)
+    sizes = None if tensors is None else [8 + n, *tensors]
+    cut = None if sizes is None else safetensors.cut(sizes)
+    if sizes is None or cut is None:
+        return None
+    pieces: list[Piece] = []
+    offset = 0
+    for chunk in cut:
+        length = sum(sizes[i] for i in chunk)
+        pieces.append(functools.partial(_file_range, path, offset, length))
+        offset += length
+    return pieces
+
+
+def _file_range(path: Path, offset: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of a local file from ``offset``, CHUNK_SIZE at a time (fewer if the
+    file shrank: the sizes then differ, and the store is refused)."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        while length > 0 and (buf := f.read(min(CHUNK_SIZE, length))):
+            length -= len(buf)
+            yield buf

@@ -78,6 +78,11 @@ class ArtifactVersion:
 
     # -- content -------------------------------------------------------------------------
     @property
+    def manifest_hex(self) -> str:
+        """What its commit record names as its manifest's sha256 (unchecked)."""
+        return str(self._record.get("manifest"))
+
+    @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
             manifest = self._repo.manifest(self._record["manifest"])

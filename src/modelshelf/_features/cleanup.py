@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ConflictError, InvalidArgumentError
 from .._format.names import LATEST
@@ -101,9 +101,35 @@ def freed_bytes(repo: Repository, doomed: list[ArtifactVersion]) -> int:
                 kept |= v.manifest.blob_hexes()
     sizes: dict[str, int] = {}
     for v in doomed:
-        for entry in v.manifest.files.values():
-            if entry.chunks:
-                sizes.update((d.split(":", 1)[1], n) for d, n in entry.chunks)
-            elif entry.hex and entry.ref is None:
-                sizes[entry.hex] = entry.size
+        sizes.update(v.manifest.blob_sizes())
     return sum(n for h, n in sizes.items() if h not in kept)
+
+
+def storage_report(repo: Repository, version: ArtifactVersion) -> dict[str, Any]:
+    """How the bytes of ``version`` are stored, and what it shares with the other versions of
+    its artifact (a safetensors file is stored in chunks: versions share unchanged tensors).
+
+    ``blobs``, ``stored_bytes``: the blobs it needs and their bytes (referenced files hold
+    none); ``own_bytes``: those no other version of the artifact holds; ``artifact_bytes``:
+    what all its versions hold, counted per version; ``artifact_stored_bytes``: their blobs,
+    each counted once; ``dedup_ratio``: the one over the other.
+    """
+    mine = version.manifest.blob_sizes()
+    others: set[str] = set()
+    every: dict[str, int] = {}
+    logical = 0
+    for v in repo.versions(version.name):
+        sizes = v.manifest.blob_sizes()
+        every.update(sizes)
+        logical += sum(sizes.values())
+        if v.version != version.version:
+            others |= sizes.keys()
+    stored = sum(every.values())
+    return {
+        "blobs": len(mine),
+        "stored_bytes": sum(mine.values()),
+        "own_bytes": sum(n for h, n in mine.items() if h not in others),
+        "artifact_bytes": logical,
+        "artifact_stored_bytes": stored,
+        "dedup_ratio": round(logical / stored, 3) if stored else None,
+    }

@@ -3,7 +3,8 @@
 A file entry is one of
 - a blob: ``{"size": N, "digest": "sha256:<hex>"}``, its bytes at ``blobs/sha256/<aa>/<hex>``;
 - chunked: the same plus ``"chunks": [{"digest": ..., "size": ...}, ...]``, the file being the
-  concatenation of those blobs (room for tensor-level de-duplication; readers support it now);
+  concatenation of those blobs (a safetensors file cut on tensor boundaries, see
+  ``_format.safetensors``: versions that share tensors share those chunks);
 - a reference: ``{"size": N, "digest": "sha256:<hex>" | null, "ref": {"uri": ..., "etag": ...}}``,
   its bytes staying at ``uri``.
 """
@@ -133,6 +134,13 @@ class FileEntry:
         size = int(data["size"])
         if size < 0:
             raise IntegrityError(f"{where} has a negative size.")
+        if chunks and (
+            ref is not None or any(n < 0 for _, n in chunks) or sum(n for _, n in chunks) != size
+        ):
+            raise IntegrityError(
+                f"{where} has chunks that do not make up its {size} bytes "
+                f"({[n for _, n in chunks][:8]}...)."
+            )
         return cls(size=size, digest=digest, chunks=chunks, ref=ref)
 
 
@@ -154,6 +162,16 @@ class Manifest:
     def blob_hexes(self) -> set[str]:
         """Every blob this manifest needs on the shelf."""
         return {h for e in self.files.values() for h in e.blob_hexes()}
+
+    def blob_sizes(self) -> dict[str, int]:
+        """Every blob this manifest needs on the shelf, and its size."""
+        sizes: dict[str, int] = {}
+        for entry in self.files.values():
+            if entry.chunks:
+                sizes.update((d.split(":", 1)[1], n) for d, n in entry.chunks)
+            elif entry.hex and entry.ref is None:
+                sizes[entry.hex] = entry.size
+        return sizes
 
     def to_bytes(self) -> bytes:
         body = {

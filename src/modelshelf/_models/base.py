@@ -8,6 +8,7 @@ is one new module with one ``Codec`` subclass, registered in ``_models/__init__.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import re
@@ -127,13 +128,16 @@ def check_options(codec: Codec, options: dict[str, Any]) -> None:
 
 
 def _versions(*names: str) -> dict[str, str]:
-    out = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    return {name: v for name in names if (v := _version(name)) is not None}
+
+
+@functools.cache
+def _version(name: str) -> str | None:
+    """The installed release of ``name`` (read once per process: it parses package metadata)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 _WARNED: set[tuple[str, Any]] = set()

@@ -42,7 +42,10 @@ def torch_parts(
         "recipe": recipe if recipe is not None else tf.recipe(model, init_args),
         **tf.describe(model, tensors),
     }
-    return {tf.WEIGHTS: StreamedFile(lambda: tf.safetensors_stream(tensors))}, info
+    weights = StreamedFile(
+        lambda: tf.safetensors_stream(tensors), pieces=lambda: tf.safetensors_pieces(tensors)
+    )
+    return {tf.WEIGHTS: weights}, info
 
 
 def load_torch(version: ArtifactVersion, info: dict[str, Any], how: Loading) -> Any:

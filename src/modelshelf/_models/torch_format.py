@@ -11,7 +11,7 @@ import json
 import pickle
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .._errors import (
     UnsupportedModelError,
 )
 from .._format.records import clean_metadata
+from .._format.safetensors import cut
 from .pickles import pickle_kind, refuse
 
 WEIGHTS = "model.safetensors"
@@ -67,10 +68,11 @@ def split_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     return tensors, aliases
 
 
-def safetensors_stream(
+def safetensors_header(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> Iterator[Any]:
-    """The bytes of a safetensors file, yielded piece by piece (no whole-file buffer)."""
+) -> bytes:
+    """The first bytes of the safetensors file of ``tensors``: the header's length, then the
+    header; the tensors' bytes follow in the dict's order."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
     offset = 0
     for name, t in tensors.items():
@@ -87,14 +89,52 @@ def safetensors_stream(
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    yield len(raw).to_bytes(8, "little") + raw
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _tensor_bytes(t: torch.Tensor) -> Iterator[Any]:
+    """The bytes of one tensor, CHUNK_SIZE at a time (views, no copy of a CPU tensor)."""
+    if t.numel() == 0:
+        return
+    flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    view = memoryview(flat)  # type: ignore[arg-type]
+    for start in range(0, len(view), CHUNK_SIZE):
+        yield view[start : start + CHUNK_SIZE]
+
+
+def safetensors_stream(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Iterator[Any]:
+    """The bytes of a safetensors file, yielded piece by piece (no whole-file buffer)."""
+    yield safetensors_header(tensors, metadata)
     for t in tensors.values():
-        if t.numel() == 0:
-            continue
-        flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        view = memoryview(flat)  # type: ignore[arg-type]
-        for start in range(0, len(view), CHUNK_SIZE):
-            yield view[start : start + CHUNK_SIZE]
+        yield from _tensor_bytes(t)
+
+
+def safetensors_pieces(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> list[Callable[[], Iterator[Any]]] | None:
+    """The same file as ``safetensors_stream``, cut into chunks on tensor boundaries (see
+    ``_format.safetensors``): one callable per chunk, yielding its bytes; None when the file is
+    too small to cut."""
+    header = safetensors_header(tensors, metadata)
+    order = list(tensors.values())
+    sizes = [len(header), *(t.numel() * t.element_size() for t in order)]
+    chunks = cut(sizes)
+    if chunks is None:
+        return None
+
+    def piece(chunk: range) -> Callable[[], Iterator[Any]]:
+        def buffers() -> Iterator[Any]:
+            for i in chunk:
+                if i == 0:
+                    yield header
+                else:
+                    yield from _tensor_bytes(order[i - 1])
+
+        return buffers
+
+    return [piece(chunk) for chunk in chunks]
 
 
 def _class_path(cls: type) -> str:

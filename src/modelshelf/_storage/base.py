@@ -23,7 +23,7 @@ import contextlib
 import datetime as _dt
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any, ClassVar
 
 import fsspec
@@ -69,6 +69,10 @@ def check_key(key: str) -> str:
 
 
 Chunks = Callable[[], Iterable[Any]]
+
+
+#: What ChangedWhileReading names for bytes made on the fly.
+IN_MEMORY = "<bytes made in memory>"
 
 
 class ChangedWhileReading(OSError):
@@ -270,13 +274,24 @@ class Storage:
             raise ChangedWhileReading(source)
         return digest
 
-    def put_stream(self, chunks: Chunks, key_for: KeyFor) -> tuple[str, int]:
+    def put_stream(
+        self, chunks: Chunks, key_for: KeyFor, expected: str | None = None
+    ) -> tuple[str, int]:
         """Store the bytes ``chunks()`` yields (buffers) under ``key_for(sha256)``.
 
         Used for bytes made on the fly (a safetensors file written from tensors in memory):
-        they are never gathered in one piece.
+        they are never gathered in one piece. With ``expected`` (their hash, known already),
+        they are stored only if they hash to it; otherwise ChangedWhileReading.
         """
-        return self._put_via_tmp(chunks, key_for, None)
+        digest, size = self._put_via_tmp(chunks, key_for, expected)
+        if expected is not None and digest != expected:
+            raise ChangedWhileReading(IN_MEMORY)
+        return digest, size
+
+    def put_many(self, streams: Sequence[Chunks], key_for: KeyFor) -> list[tuple[str, int]]:
+        """``put_stream`` of each of ``streams``, in order (each is read once): (sha256, size)
+        of each. Backends that can batch the work (local disk: one round of fsyncs) do."""
+        return [self.put_stream(chunks, key_for) for chunks in streams]
 
     def _tmp_key(self) -> str:
         return f"tmp/{uuid.uuid4().hex}"

@@ -47,28 +47,45 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 class Hasher:
-    """Feeds chunks to sha256 on a second thread, so hashing overlaps reading and writing."""
+    """Feeds chunks to sha256 on a second thread, so hashing overlaps reading and writing.
+
+    Small chunks that come before any large one are hashed at once, in the caller's thread:
+    the thread starts with the first large chunk, so a small file costs no thread at all.
+    """
+
+    #: Chunks smaller than this, before the thread starts, are hashed in the caller's thread.
+    INLINE = 256 * 1024
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
+        assert self._queue is not None
         while (chunk := self._queue.get()) is not None:
             self._hash.update(chunk)
 
     def update(self, chunk: bytes) -> None:
+        if self._queue is None and nbytes(chunk) < self.INLINE:
+            self._hash.update(chunk)
+            return
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=4)
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
         self._queue.put(chunk)
 
     def hexdigest(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
         return self._hash.hexdigest()
 
     def abandon(self) -> None:
         """Stop the hashing thread without waiting for the chunks still queued."""
+        if self._queue is None:
+            return
         while True:
             try:
                 self._queue.put_nowait(None)

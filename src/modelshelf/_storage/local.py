@@ -11,7 +11,8 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -20,7 +21,7 @@ import fsspec
 from .._config import CHUNK_SIZE
 from .._progress import report
 from . import base
-from .base import ChangedWhileReading, Chunks, KeyFor, Storage, check_key
+from .base import IN_MEMORY, ChangedWhileReading, Chunks, KeyFor, Storage, check_key
 from .hashing import sha256_file, write_hashed
 
 logger = logging.getLogger("modelshelf")
@@ -178,14 +179,12 @@ class LocalStorage(Storage):
         for key in keys:
             self.delete(key)
 
-    def _move_into_place(self, tmp: Path, key: str) -> None:
-        """fsync a finished blob, then move it to ``key``: a version is committed only after
-        its blobs are, so a power loss cannot leave it pointing at truncated bytes."""
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            _fsync(fd)
-        finally:
-            os.close(fd)
+    def _move_into_place(self, tmp: Path, key: str, *, synced: bool = False) -> None:
+        """fsync a finished blob (unless ``synced`` already), then move it to ``key``: a
+        version is committed only after its blobs are, so a power loss cannot leave it pointing
+        at truncated bytes."""
+        if not synced:
+            _fsync_path(tmp)
         final = self._local(key)
         if final.parent not in self._made:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -220,15 +219,46 @@ class LocalStorage(Storage):
             tmp.unlink(missing_ok=True)
         return digest
 
-    def put_stream(self, chunks: Chunks, key_for: KeyFor) -> tuple[str, int]:
+    def put_many(self, streams: Sequence[Chunks], key_for: KeyFor) -> list[tuple[str, int]]:
+        # Each stream is written to its temporary file while hashed; then all are fsynced side
+        # by side (the filesystem commits them together), and moved into place.
+        tmps: list[Path] = []
+        done: list[tuple[str, int]] = []
+        try:
+            for chunks in streams:
+                tmps.append(self._tmp())
+                with open(tmps[-1], "wb") as f:
+                    done.append(write_hashed(chunks(), f))
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelshelf-fsync") as pool:
+                list(pool.map(_fsync_path, tmps))
+            for tmp, (digest, _size) in zip(tmps, done, strict=True):
+                self._move_into_place(tmp, key_for(digest), synced=True)
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+        return done
+
+    def put_stream(
+        self, chunks: Chunks, key_for: KeyFor, expected: str | None = None
+    ) -> tuple[str, int]:
         tmp = self._tmp()
         try:
             with open(tmp, "wb") as f:
                 digest, size = write_hashed(chunks(), f)
+            if expected is not None and digest != expected:
+                raise ChangedWhileReading(IN_MEMORY)
             self._move_into_place(tmp, key_for(digest))
         finally:
             tmp.unlink(missing_ok=True)
         return digest, size
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _create_exclusive(final: Path, data: bytes) -> bool:

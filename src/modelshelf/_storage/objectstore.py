@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .base import ChangedWhileReading, Chunks, KeyFor, Storage
+from .base import IN_MEMORY, ChangedWhileReading, Chunks, KeyFor, Storage
 from .hashing import file_chunks, hash_chunks, write_hashed
 
 PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
@@ -42,14 +42,19 @@ class ObjectStoreStorage(Storage):
         changed = ChangedWhileReading(source)
         return self._write_final(key_for(expected), file_chunks(source), expected, changed)[0]
 
-    def put_stream(self, chunks: Chunks, key_for: KeyFor) -> tuple[str, int]:
-        # Two passes, hashing first, so that the upload goes straight to its final key (and
-        # is skipped when those bytes are stored already).
-        digest, size = hash_chunks(chunks())
-        if self.exists(key_for(digest)):
-            return digest, size
-        changed = OSError("the bytes changed between the two passes over them")
-        return self._write_final(key_for(digest), chunks(), digest, changed)
+    def put_stream(
+        self, chunks: Chunks, key_for: KeyFor, expected: str | None = None
+    ) -> tuple[str, int]:
+        # Two passes, hashing first (unless the caller did), so that the upload goes straight
+        # to its final key (and is skipped when those bytes are stored already).
+        if expected is None:
+            digest, size = hash_chunks(chunks())
+            if self.exists(key_for(digest)):
+                return digest, size
+            expected = digest
+        return self._write_final(
+            key_for(expected), chunks(), expected, ChangedWhileReading(IN_MEMORY)
+        )
 
     def _write_final(
         self, key: str, chunks: Iterable[Any], expected: str, changed: Exception

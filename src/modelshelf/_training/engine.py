@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._api import shelf as default_shelf
+from .._core.gc import gc as collect
 from .._core.sources import LocalFile
 from .._core.version import ArtifactVersion
 from .._errors import (
@@ -463,10 +464,16 @@ class CheckpointEngine:
             if decision.improved:
                 self.best_version = version.version
             self._announce(version, meta, decision)
-            if self.keep_last is not None and self.shelf.prune(self.name, keep_last=self.keep_last):
-                # Free the pruned bytes now, so storage stays bounded. No grace period is
-                # needed: writers in flight are protected by the lease/gc handshake.
-                self.shelf.gc(grace_period=0)
+            pruned = (
+                []
+                if self.keep_last is None
+                else self.shelf.prune(self.name, keep_last=self.keep_last)
+            )
+            if pruned:
+                # Free the pruned versions' own bytes now, so storage stays bounded, without a
+                # pass over the whole shelf. No grace period is needed: writers in flight are
+                # protected by the lease/gc handshake.
+                collect(self.shelf.repository, dry_run=False, grace_period=0, only=pruned)
 
         if self.background:
             self._writer.submit(write)

@@ -30,6 +30,7 @@ from .. import cache
 from .._api import shelf as default_shelf
 from .._config import cache_dir
 from .._errors import IntegrityError, InvalidArgumentError, ModelshelfError
+from .._features.cleanup import storage_report
 from .._features.diff import metrics_of
 from .._progress import PROGRESS_MIN_BYTES, human_size, listening
 from .._shelf import Shelf
@@ -179,10 +180,12 @@ def _keep_column(table: Table, header: str, cells: list[str]) -> None:
 @app.command()
 def show(ref: str, as_json: JsonOpt = False) -> None:
     """Show one version: labels, metadata and files."""
-    v = _shelf().get(ref)
+    shelf = _shelf()
+    v = shelf.get(ref)
     files = {p: {"size": f.size, "digest": f.digest, "uri": f.uri} for p, f in v.files.items()}
+    storage = storage_report(shelf.repository, v)
     if as_json:
-        _print_json({**v.to_dict(), "files": files})
+        _print_json({**v.to_dict(), "files": files, "storage": storage})
         return
     out.print(Text(v.ref, style="bold"), f" ({v.type}, {human_size(v.size)}, created {_when(v)})")
     out.print(f"aliases: {', '.join(v.aliases) or '-'}    tags: {', '.join(v.tags) or '-'}")
@@ -197,6 +200,23 @@ def show(ref: str, as_json: JsonOpt = False) -> None:
     for p, f in sorted(v.files.items()):
         table.add_row(p, human_size(f.size), f.uri or (f.digest or "")[:19])
     out.print(table)
+    out.print(_storage_lines(v.name, storage), markup=False)
+
+
+def _storage_lines(name: str, s: dict[str, Any]) -> str:
+    """What ``show`` says of how a version is stored and what it shares."""
+    shared = s["stored_bytes"] - s["own_bytes"]
+    lines = [
+        f"stored: {s['blobs']} blob{'s' if s['blobs'] != 1 else ''}, "
+        f"{human_size(s['own_bytes'])} only in this version, "
+        f"{human_size(shared)} shared with other versions"
+    ]
+    if s["dedup_ratio"] is not None:
+        lines.append(
+            f"dedup: the versions of {name} hold {human_size(s['artifact_bytes'])} in "
+            f"{human_size(s['artifact_stored_bytes'])} of blobs ({s['dedup_ratio']:.2f}x)"
+        )
+    return "\n".join(lines)
 
 
 @app.command()

@@ -1,0 +1,272 @@
+"""Tensor-level de-duplication: a safetensors file is stored in chunks cut on tensor
+boundaries, so versions share the tensors that did not change; every byte still round-trips
+and is verified, chunk by chunk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import modelshelf as ms
+from conftest import blob_keys, make_url
+from modelshelf._format import safetensors as st
+from modelshelf._format.layout import ArtifactKeys, blob_key, manifest_key
+from modelshelf._format.seqlog import SeqLog
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+WEIGHTS = "model.safetensors"
+WIDTH = 512  # a WIDTH x WIDTH float32 weight is 1 MiB: a chunk of its own
+
+
+def frozen_body_with_head(seed: int = 0) -> torch.nn.Sequential:
+    """Four 1 MiB layers and a small head, the shape of a fine-tune that trains the head."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        *[torch.nn.Linear(WIDTH, WIDTH) for _ in range(4)], torch.nn.Linear(WIDTH, 10)
+    )
+
+
+def nudge_head(model: torch.nn.Sequential) -> None:
+    with torch.no_grad():
+        model[-1].weight.add_(0.5)
+        model[-1].bias.add_(0.5)
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@pytest.fixture(params=["local", "memory", "s3", "gcs", "generic"])
+def any_shelf(request: pytest.FixtureRequest, tmp_path: Path) -> ms.Shelf:
+    return ms.Shelf(make_url(request.param, tmp_path, request))
+
+
+def test_the_layout_cut_follows_tensor_boundaries() -> None:
+    big, small = st.CHUNK_MIN, 100
+    # a big tensor alone; a run of small ones together, closed once it reaches the minimum
+    assert st.group([small, big, small, small, big]) == [
+        range(0, 1), range(1, 2), range(2, 4), range(4, 5)
+    ]  # fmt: skip
+    many = [st.CHUNK_MIN // 4] * 9
+    assert st.group(many) == [range(0, 4), range(4, 8), range(8, 9)]
+    assert st.group([small, 0, 0, small]) == [range(0, 4)]  # empty tensors join neighbours
+    assert st.group([]) == [range(0, 0)]
+    assert st.cut([small, small]) is None  # one chunk: stored whole
+    # The header must describe the data exactly, or the file is stored whole.
+    good = {"a": {"data_offsets": [0, 4]}, "b": {"data_offsets": [4, 10]}, "__metadata__": {}}
+    assert st.tensor_sizes(json.dumps(good).encode(), 10) == [4, 6]
+    bad_headers = [
+        {"a": {"data_offsets": [0, 4]}, "b": {"data_offsets": [5, 10]}},  # a gap
+        {"a": {"data_offsets": [0, 6]}, "b": {"data_offsets": [4, 10]}},  # an overlap
+        {"a": {"data_offsets": [0, 4]}},  # ends short of the file
+        {"a": {"data_offsets": [True, 10]}},  # not integers
+        {"a": {"data_offsets": [0, 10.0]}},
+        {"a": {"data_offsets": [-2, 10]}},
+        {"a": {"data_offsets": [10, 0]}},
+        {"a": "no offsets"},
+        ["not", "an", "object"],
+    ]
+    for header in bad_headers:
+        assert st.tensor_sizes(json.dumps(header).encode(), 10) is None, header
+    assert st.tensor_sizes(b"\xff{not json", 10) is None
+    assert st.header_length((2**62).to_bytes(8, "little"), 10**6) is None
+    assert st.header_length(b"\x10\x00", 10**6) is None
+
+
+def test_a_head_only_checkpoint_stores_only_the_head(any_shelf: ms.Shelf) -> None:
+    model = frozen_body_with_head()
+    v0 = any_shelf.log_model(model, name="ft")
+    entry = v0.manifest.files[WEIGHTS]
+    tensors = list(model.state_dict().values())
+    # header, then 4 x [weight] [bias]; the last bias rides with the head (small tensors)
+    assert len(entry.chunks) == 9
+    assert sum(n for _, n in entry.chunks) == entry.size
+    assert [n for _, n in entry.chunks][1:8] == [nbytes(t) for t in tensors[:7]]
+    before = blob_keys(any_shelf)
+
+    nudge_head(model)
+    v1 = any_shelf.log_model(model, name="ft")
+    added = {k: n for k, n in blob_keys(any_shelf).items() if k not in before}
+    assert sum(added.values()) == sum(nbytes(t) for t in tensors[7:])  # last bias + head
+    assert v1.manifest.files[WEIGHTS].chunks[:8] == entry.chunks[:8]
+
+    for version, seed_model in ((v0, frozen_body_with_head()), (v1, model)):
+        loaded = any_shelf.load_model(version.ref, model=frozen_body_with_head(seed=1))
+        for a, b in zip(
+            loaded.state_dict().values(), seed_model.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b)
+        version.verify()
+    # The downloaded file is byte for byte the safetensors file of the model.
+    path = v1.download() / WEIGHTS
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == v1.manifest.files[WEIGHTS].hex
+    assert safetensors_torch.load_file(str(path)).keys() == model.state_dict().keys()
+
+
+def test_a_relog_of_an_unchanged_model_writes_nothing(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    model = frozen_body_with_head()
+    v0 = shelf.log_model(model, name="m")
+    blobs = {p: os.stat(p).st_ino for p in (tmp_path / "shelf" / "blobs").rglob("*") if p.is_file()}
+    again = shelf.log_model(model, name="m")
+    assert again.version == v0.version
+    after = {p: os.stat(p).st_ino for p in (tmp_path / "shelf" / "blobs").rglob("*") if p.is_file()}
+    assert after == blobs  # no blob written again (a rewrite would be a new inode)
+    assert not list((tmp_path / "shelf" / "tmp").glob("*"))
+
+
+def test_a_lora_style_file_shares_everything_but_its_adapters(tmp_path: Path) -> None:
+    """A safetensors file logged with log_artifact (written by safetensors itself, in its own
+    tensor order): small adapters between large frozen weights change, nothing else."""
+    shelf = ms.Shelf(tmp_path / "shelf")
+    torch.manual_seed(0)
+    state = {}
+    for layer in range(3):
+        state[f"l{layer}.weight"] = torch.randn(WIDTH, WIDTH)
+        state[f"l{layer}.lora_A"] = torch.randn(8, WIDTH)
+        state[f"l{layer}.lora_B"] = torch.zeros(WIDTH, 8)
+    path = tmp_path / "adapter.safetensors"
+    safetensors_torch.save_file(state, str(path))
+    v0 = shelf.log_artifact(path, name="lora", type="model")
+    assert len(v0.manifest.files["adapter.safetensors"].chunks) > 1
+    before = blob_keys(shelf)
+    for name in state:
+        if "lora" in name:
+            state[name] = state[name] + 1
+    safetensors_torch.save_file(state, str(path))
+    v1 = shelf.log_artifact(path, name="lora", type="model")
+    added = sum(n for k, n in blob_keys(shelf).items() if k not in before)
+    adapters = sum(nbytes(t) for n, t in state.items() if "lora" in n)
+    assert adapters <= added <= adapters + 4096  # plus, at most, the header's chunk
+    assert (v1.download() / "adapter.safetensors").read_bytes() == path.read_bytes()
+    v0.verify()
+    v1.verify()
+
+
+def test_files_that_are_not_safetensors_layouts_are_stored_whole(tmp_path: Path) -> None:
+    """A header that does not describe its file exactly (a gap, or any other format) is
+    not cut; the file is stored and read back as it is."""
+    shelf = ms.Shelf(tmp_path / "shelf")
+    header = json.dumps({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}).encode()
+    liar = tmp_path / "liar.safetensors"
+    liar.write_bytes(len(header).to_bytes(8, "little") + header + os.urandom(3 * st.CHUNK_MIN))
+    other = tmp_path / "random.bin"
+    other.write_bytes(os.urandom(3 * st.CHUNK_MIN))
+    for path in (liar, other):
+        v = shelf.log_artifact(path, name=path.stem, type="model")
+        assert v.manifest.files[path.name].chunks == ()
+        assert (v.download() / path.name).read_bytes() == path.read_bytes()
+
+
+def _chunk_file(shelf_root: Path, version: ms.ArtifactVersion, index: int) -> Path:
+    digest = version.manifest.files[WEIGHTS].chunks[index][0]
+    path = shelf_root / blob_key(digest.split(":", 1)[1])
+    os.chmod(path, 0o644)
+    return path
+
+
+def test_a_damaged_chunk_is_named_and_nothing_damaged_is_kept(tmp_path: Path) -> None:
+    root = tmp_path / "shelf"
+    shelf = ms.Shelf(root)
+    v = shelf.log_model(frozen_body_with_head(), name="m")
+    blob = _chunk_file(root, v, 3)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+    with pytest.raises(ms.IntegrityError, match=r"chunk 4 of 9 of 'model.safetensors'") as info:
+        v.verify()
+    assert info.value.files == [WEIGHTS]
+    with pytest.raises(ms.IntegrityError, match="chunk 4 of 9"):
+        v.download(tmp_path / "out")
+    assert not (tmp_path / "out" / WEIGHTS).exists()
+    with pytest.raises(ms.IntegrityError, match="chunk 4 of 9"):
+        shelf.load_model(v.ref, model=frozen_body_with_head())
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+    blob.write_bytes(bytes(data[:-7]))  # truncated
+    with pytest.raises(ms.IntegrityError, match="chunk 4 of 9"):
+        v.verify()
+    blob.unlink()  # gone
+    with pytest.raises(ms.IntegrityError, match="missing from the shelf"):
+        v.verify()
+    report = shelf.fsck()
+    assert not report.ok
+
+
+def test_chunks_that_do_not_make_up_the_file_are_refused(tmp_path: Path) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    v = shelf.log_model(frozen_body_with_head(), name="m")
+    storage = shelf.repository.storage
+    entry = v.manifest.files[WEIGHTS].to_json()
+    for chunks in (entry["chunks"][:-1], [*entry["chunks"], entry["chunks"][0]]):
+        body = json.dumps(
+            {"format": 1, "files": {WEIGHTS: {**entry, "chunks": chunks}}}, sort_keys=True
+        ).encode()
+        hexdigest = hashlib.sha256(body).hexdigest()
+        storage.create(manifest_key(hexdigest), body)
+        # The version record a hostile writer could add: v0's, with that manifest.
+        log = SeqLog(storage, ArtifactKeys("m").versions)
+        base = log.get(0)
+        assert base is not None
+        n, _ = log.append(
+            lambda n, _h, base=base, m=hexdigest: {**base, "manifest": m, "version": n}
+        )
+        ref = f"m:v{n}"
+        with pytest.raises(ms.IntegrityError, match="chunks that do not make up"):
+            shelf.get(ref).verify()
+
+
+def test_gc_and_copy_follow_chunks(tmp_path: Path) -> None:
+    """Deleting a version frees only the chunks no other version holds; a copy to another
+    shelf sends each chunk once and verifies there."""
+    shelf = ms.Shelf(tmp_path / "shelf")
+    model = frozen_body_with_head()
+    v0 = shelf.log_model(model, name="m")
+    nudge_head(model)
+    v1 = shelf.log_model(model, name="m")
+    v0_only = set(v0.manifest.blob_hexes()) - set(v1.manifest.blob_hexes())
+    assert len(v0_only) == 1
+    shelf.delete("m:v0")
+    shelf.gc(grace_period=0)
+    left = {k.rsplit("/", 1)[1] for k in blob_keys(shelf)}
+    assert not (v0_only & left) and v1.manifest.blob_hexes() <= left
+    shelf.get("m:v1").verify()
+
+    target = ms.Shelf(tmp_path / "target")
+    (copied,) = shelf.copy("m:v1", target)
+    copied.verify()
+    assert copied.manifest.files[WEIGHTS] == v1.manifest.files[WEIGHTS]
+    assert {k.rsplit("/", 1)[1] for k in blob_keys(target)} == v1.manifest.blob_hexes()
+
+
+def test_show_reports_what_a_version_shares(tmp_path: Path) -> None:
+    from test_cli import cli
+
+    root = tmp_path / "shelf"
+    shelf = ms.Shelf(root)
+    model = frozen_body_with_head()
+    shelf.log_model(model, name="m")
+    nudge_head(model)
+    v1 = shelf.log_model(model, name="m")
+    size = v1.manifest.files[WEIGHTS].size
+    last_chunk = v1.manifest.files[WEIGHTS].chunks[-1][1]
+
+    storage = json.loads(cli("show", "m:v1", "--json", shelf=root).stdout)["storage"]
+    assert storage == {
+        "blobs": 9,
+        "stored_bytes": size,
+        "own_bytes": last_chunk,
+        "artifact_bytes": 2 * size,
+        "artifact_stored_bytes": size + last_chunk,
+        "dedup_ratio": round(2 * size / (size + last_chunk), 3),
+    }
+    text = cli("show", "m:v1", shelf=root).stdout
+    assert "stored: 9 blobs" in text and "shared with other versions" in text
+    assert f"({storage['dedup_ratio']:.2f}x)" in text
