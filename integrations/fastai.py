@@ -23,7 +23,7 @@ from fastai.learner import Recorder, SkipToEpoch  # noqa: E402
 from fastai.torch_core import rank_distrib  # noqa: E402
 
 from modelshelf._models.fastai import fastai_recipe, learner_settings  # noqa: E402
-from modelshelf._training.torch_state import load_resume, model_parts  # noqa: E402
+from modelshelf._training.torch_state import HostBuffers, load_resume, model_parts  # noqa: E402
 
 DEFAULT_MONITOR = "valid_loss"  # as fastai's SaveModelCallback
 
@@ -98,6 +98,7 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
         self.phase, self.epoch_offset, self.step_offset = 0, 0, 0
         self._last_n_epoch, self._last_steps = 0, 0
         self._resume_checked = False
+        self._host = HostBuffers()  # reused by every snapshot of this callback
         self._pending: tuple[int, Any] | None = None  # (phase, (weights, state)) to restore
 
     def before_fit(self) -> None:
@@ -182,7 +183,7 @@ class ShelfCheckpoint(Callback):  # type: ignore[misc]
 
         def snapshot() -> Any:
             recipe = fastai_recipe(learn, init_args)
-            parts = model_parts(learn.model, state, "fastai", init_args, recipe)
+            parts = model_parts(learn.model, state, "fastai", init_args, recipe, self._host)
             parts.info.update(format="fastai", learner=learner_settings(learn))
             return parts
 

@@ -40,6 +40,7 @@ _CHECKPOINT_IOS = tuple(
 
 from modelshelf._errors import ModelshelfError  # noqa: E402
 from modelshelf._training.torch_state import (  # noqa: E402
+    HostBuffers,
     load_resume,
     model_parts,
     optimizer_config,
@@ -81,6 +82,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         super().__init__()
         self.engine = CheckpointEngine(name, make_options(options), auto_mode=_lightning_mode)
         self.allow_pickle = allow_pickle
+        self._host = HostBuffers()  # reused by every snapshot of this callback
         self._last_step = -1
         self._validated = False
 
@@ -223,7 +225,7 @@ class ShelfCheckpoint(*_CALLBACKS):  # type: ignore[misc]
         framework = "lightning"
         self.engine.commit(
             decision, epoch=epoch, step=step, metrics=metrics,
-            snapshot=lambda: model_parts(pl_module, state, framework),
+            snapshot=lambda: model_parts(pl_module, state, framework, buffers=self._host),
         )  # fmt: skip
 
     # -- fit ends -------------------------------------------------------------------------

@@ -508,3 +508,61 @@ def test_checkpoints_of_a_fine_tune_store_the_frozen_body_once(tmp_path: Path) -
     loaded = shelf.load_model("ft:latest", model=FrozenBody())
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+class Recorder(L.Callback):
+    """The weights at each epoch's end, as the checkpoint before it saw them."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weights.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+
+def test_background_snapshots_reuse_host_buffers_without_mixing_epochs(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """On S3 each write outlasts an epoch, so snapshots queue up behind the writer: the host
+    buffers a write still reads are never filled again before it is done."""
+    from conftest import new_bucket
+
+    shelf = ms.Shelf(f"s3://{new_bucket(s3_endpoint)}/shelf")
+    recorder = Recorder()
+    cb = ShelfCheckpoint("net", shelf=shelf, save="all", background=True, keep_last=None)
+    x, y = digits(384)
+    trainer = L.Trainer(
+        max_epochs=5, callbacks=[cb, recorder], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(
+        Scripted(hidden=256), DataLoader(TensorDataset(x, y), batch_size=32),
+        DataLoader(TensorDataset(x[:64], y[:64]), batch_size=64),
+    )  # fmt: skip
+    versions = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in versions] == [0, 1, 2, 3, 4]
+    for v, expected in zip(versions, recorder.weights, strict=True):
+        loaded = shelf.load_model(v.ref, model=Scripted(hidden=256))
+        for name, t in loaded.state_dict().items():
+            assert torch.equal(t, expected[name]), (v.ref, name)
+    first, last = recorder.weights[0], recorder.weights[-1]
+    assert not torch.equal(first["net.0.weight"], last["net.0.weight"])  # it did train
+
+
+def test_host_buffers_are_reused_only_once_released() -> None:
+    import pickle
+
+    from modelshelf._training.torch_state import HostBuffers
+
+    host, t = HostBuffers(), torch.randn(64)
+    copy1, release1 = host.take()
+    a = copy1(("w",), t)
+    copy2, _ = host.take()  # the first set is still being written: a second one
+    b = copy2(("w",), t)
+    assert a.data_ptr() != b.data_ptr() and torch.equal(a, t) and torch.equal(b, t)
+    release1()
+    copy3, _ = host.take()
+    c = copy3(("w",), t * 2)
+    assert c.data_ptr() == a.data_ptr() and torch.equal(c, t * 2)
+    assert copy3(("w",), torch.ones(3)).shape == (3,)  # a new shape gets a new buffer
+    assert isinstance(pickle.loads(pickle.dumps(host)), HostBuffers)

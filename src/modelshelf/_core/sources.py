@@ -126,9 +126,10 @@ def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception)
     ever mismatches its digest.
     """
     remote = storage.hash_before_upload
-    if not remote and not storage.exists(blob_key(_hash_piece(pieces[0])[0])):
-        # A new header (names, shapes, dtypes): nothing like it was stored, so little will be
-        # shared. One pass writes each chunk while hashing it.
+    if not remote and not all(storage.exists(blob_key(_hash_piece(p)[0])) for p in pieces[:2]):
+        # A new header (names, shapes, dtypes), or a first tensor that changed (a training of
+        # every layer): little will be shared. One pass writes each chunk while hashing it
+        # (a chunk the shelf has is replaced by the same bytes: nothing is lost, only time).
         try:
             return _write_first(storage, pieces)
         except ChangedWhileReading:

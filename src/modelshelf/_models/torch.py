@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +20,14 @@ def torch_parts(
     model: Any,
     init_args: dict[str, Any] | None,
     *,
-    to_host: bool = False,
+    to_host: bool | Callable[[str, Any], Any] = False,
     recipe: dict[str, Any] | None = None,
 ) -> tuple[dict[str, StreamedFile], dict[str, Any]]:
     """The safetensors weights of a torch model and what describes it.
 
     ``to_host``: copy the tensors to CPU memory now (a checkpoint snapshot taken while
-    training goes on); otherwise they are read from the model when the file is written.
+    training goes on), with ``to_host(name, tensor)`` when it is a function; otherwise they
+    are read from the model when the file is written.
     ``recipe``: how to rebuild it, when not from its class and ``init_args`` (fastai's
     factories).
     """
@@ -33,7 +35,8 @@ def torch_parts(
 
     tensors, aliases = tf.split_shared(model.state_dict())
     if to_host:
-        tensors = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
+        copy = to_host if callable(to_host) else lambda _k, t: t.detach().to("cpu", copy=True)
+        tensors = {k: copy(k, t) for k, t in tensors.items()}
     info = {
         "format": "torch",
         "framework": "lightning" if tf.is_lightning(model) else "torch",
