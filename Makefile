@@ -33,8 +33,19 @@ test: lint typecheck
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -q
 
-bench: install
-	$(BIN)/python benchmarks/store.py
+# The benchmarks, each against its baseline in the same run, and MLflow in a venv of its own
+# (it sees the test venv's torch and modelshelf; MLflow never enters the test install).
+BENCH := .venv-bench
+$(BENCH)/.stamp: $(STAMP)
+	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python benchmarks/bench_venv.py $(VENV)
+	$(BENCH)/bin/python -m pip install -q "mlflow==3.17.2"
+	touch $@
+
+bench: install $(BENCH)/.stamp
+	for b in store models dedup callbacks request_counts peers; do \
+		$(BENCH)/bin/python benchmarks/$$b.py || exit 1; done
+	$(BENCH)/bin/python benchmarks/summary.py
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -39,6 +39,7 @@ WIDTH = 1024
 class FineTune(nn.Module):
     def __init__(self, depth: int, rank: int = 0) -> None:
         super().__init__()
+        self.init_args = {"depth": depth, "rank": rank}
         self.body = nn.ModuleList(nn.Linear(WIDTH, WIDTH) for _ in range(depth))
         self.body.requires_grad_(False)
         self.adapters = nn.ModuleList(
@@ -76,7 +77,7 @@ def checkpoints(tmp: Path, model: nn.Module, trained: nn.Module, n: int) -> dict
     root = tmp / f"shelf-{id(model)}"
     shelf = ms.Shelf(root)
     for _ in range(n):
-        shelf.log_model(model, "ft")
+        shelf.log_model(model, "ft", init_args=model.init_args)
         with torch.no_grad():
             for p in trained.parameters():
                 p.add_(0.01)
@@ -117,13 +118,15 @@ def main() -> None:
             save_file(model.state_dict(), str(tmp / f"st-{next(counter)}.safetensors"))
 
         def first_log() -> None:
-            ms.Shelf(tmp / f"fresh-{next(counter)}").log_model(model, "m")
+            ms.Shelf(tmp / f"fresh-{next(counter)}").log_model(
+                model, "m", init_args=model.init_args
+            )
 
         relog_shelf = ms.Shelf(tmp / "relog")
-        relog_shelf.log_model(model, "m")
+        relog_shelf.log_model(model, "m", init_args=model.init_args)
 
         def relog() -> None:
-            relog_shelf.log_model(model, "m")
+            relog_shelf.log_model(model, "m", init_args=model.init_args)
 
         save_s = timed(save, args.repeat)
         first_s = timed(first_log, args.repeat)

@@ -1,10 +1,11 @@
 """Requests per operation on an S3 shelf, counted on moto's server.
 
-Run: ``python benchmarks/requests.py [--artifacts 20] [--versions 10]``. Prints a table and
-writes ``benchmarks/results/requests.json``. At a real bucket's 20-50 ms a request, the count is
-what an operation costs. Each s3fs call is counted as it is made (``S3FileSystem._call_s3``),
-by operation; the baseline is what the same operation costs done by hand with s3fs in the same
-run: one PUT (logging a small file) and one GET (reading it back).
+Run: ``python benchmarks/request_counts.py [--artifacts 20] [--versions 10]``. Prints a table
+and writes ``benchmarks/results/request_counts.json``. At a real bucket's 20-50 ms a request,
+the count is what an operation costs. Each s3fs call is counted as it is made
+(``S3FileSystem._call_s3``), by operation; the baseline is what the same operation costs done
+by hand with s3fs in the same run: one PUT (logging a small file) and one GET (reading it
+back).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def main() -> None:
         detail = ", ".join(f"{n} {op}" for op, n in sorted(by_op.items()))
         print(f"{what:<40}{sum(by_op.values()):>4}  {detail}")
     results = {what: {"requests": sum(ops.values()), **ops} for what, ops in rows.items()}
-    print(f"\nwrote {save_results('requests', results)}")
+    print(f"\nwrote {save_results('request_counts', results)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The figures of the last ``make bench``, as one table: ``benchmarks/results/summary.md``.
+
+Each figure is a ratio to a baseline measured in the same run of its benchmark (see each
+script's docstring); the JSON files under ``benchmarks/results/`` hold the raw numbers.
+"""
+
+from __future__ import annotations
+
+import json
+
+from common import RESULTS
+
+
+def load(name: str) -> dict:  # type: ignore[type-arg]
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def main() -> None:
+    peers, dedup, cbs, models = load("peers"), load("dedup"), load("callbacks"), load("models")
+    rows = []
+    if peers:
+        mib = peers["model_mib"]
+        for label, key in (
+            ("first log / save_file + fsync", "first_log"),
+            ("checkpoint log, head changed / save_file + fsync", "checkpoint_log"),
+            ("re-log unchanged / save_file + fsync", "relog"),
+        ):
+            base = peers["save_file_fsync_s"]
+            rows.append((f"{label} ({mib} MiB)", peers[f"mlflow_{key}_s"] / base,
+                         peers[f"modelshelf_{key}_s"] / base))  # fmt: skip
+        rows.append((f"load by alias, model rebuilt / load_file ({mib} MiB)",
+                     peers["mlflow_load_ratio"], peers["modelshelf_load_ratio"]))  # fmt: skip
+        rows.append(("storage of the checkpoints / one model",
+                     peers["mlflow_storage_ratio"], peers["modelshelf_storage_ratio"]))  # fmt: skip
+    lines = [f"| figure | MLflow {peers.get('mlflow_version', '')} | modelshelf |", "|---|---|---|"]
+    lines += [f"| {label} | {a:.2f}x | {b:.2f}x |" for label, a, b in rows]
+    if dedup:
+        n = dedup["checkpoints"]
+        lines.append(f"| {n} LoRA-style checkpoints / the bytes that changed | - | "
+                     f"{dedup['lora']['stored_vs_limit']:.2f}x |")  # fmt: skip
+    if cbs:
+        lines.append("| training blocked per checkpoint / Lightning ModelCheckpoint | - | "
+                     f"{cbs['ratio']:.2f}x |")  # fmt: skip
+    if models:
+        lines.append("| load_model, warm cache / load_file + load_state_dict | - | "
+                     f"{models['load_vs_baseline']:.2f}x |")  # fmt: skip
+    table = "\n".join(lines) + "\n"
+    (RESULTS / "summary.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
