@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import modelshelf as ms
-from common import save_results
+from common import folder_bytes, save_results
 from modelshelf.integrations.lightning import ShelfCheckpoint
 
 HERE = Path(__file__).resolve().parent
@@ -73,10 +73,6 @@ def timed(cls: type) -> type:
 
     Timed.__name__ = cls.__name__
     return Timed
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def train(callback: Any, width: int, epochs: int, batches: int) -> float:

@@ -51,8 +51,15 @@ def timed(cls: type, epoch_hook: str, end_hook: str | None = None) -> type:
     return type(cls.__name__, (cls,), methods)
 
 
-def per_checkpoint(cb: Any, epochs: int) -> float:
-    return (sum(cb.blocked) + cb.end_wait) / epochs
+def figures(
+    base: Any, ours: Any, base_fit: float, ours_fit: float, epochs: int
+) -> dict[str, float]:
+    return {
+        "baseline_s_per_checkpoint": (sum(base.blocked) + base.end_wait) / epochs,
+        "shelf_s_per_checkpoint": (sum(ours.blocked) + ours.end_wait) / epochs,
+        "baseline_fit_s": base_fit,
+        "shelf_fit_s": ours_fit,
+    }
 
 
 def keras_pair(tmp: Path, width: int, epochs: int, batches: int) -> dict[str, float]:
@@ -82,12 +89,7 @@ def keras_pair(tmp: Path, width: int, epochs: int, batches: int) -> dict[str, fl
     )
     ours.blocked = []
     ours_fit = fit(ours)
-    return {
-        "baseline_s_per_checkpoint": per_checkpoint(base, epochs),
-        "shelf_s_per_checkpoint": per_checkpoint(ours, epochs),
-        "baseline_fit_s": base_fit,
-        "shelf_fit_s": ours_fit,
-    }
+    return figures(base, ours, base_fit, ours_fit, epochs)
 
 
 def fastai_pair(tmp: Path, width: int, epochs: int, batches: int) -> dict[str, float]:
@@ -124,12 +126,7 @@ def fastai_pair(tmp: Path, width: int, epochs: int, batches: int) -> dict[str, f
     )
     ours.blocked = []
     ours_fit = fit(ours)
-    return {
-        "baseline_s_per_checkpoint": per_checkpoint(base, epochs),
-        "shelf_s_per_checkpoint": per_checkpoint(ours, epochs),
-        "baseline_fit_s": base_fit,
-        "shelf_fit_s": ours_fit,
-    }
+    return figures(base, ours, base_fit, ours_fit, epochs)
 
 
 def main() -> None:

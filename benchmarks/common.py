@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,3 +19,19 @@ def save_results(name: str, results: dict[str, Any]) -> Path:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     return out
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    """The median wall time of ``fn()`` over ``repeat`` calls, the disk synced before each."""
+    samples = []
+    for _ in range(repeat):
+        os.sync()
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def folder_bytes(path: Path) -> int:
+    """The bytes of every file under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

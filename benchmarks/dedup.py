@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import modelshelf as ms
+from common import median_time as timed
 from common import save_results
 
 HERE = Path(__file__).resolve().parent
@@ -60,16 +59,6 @@ def nbytes(module: nn.Module) -> int:
 
 def blob_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in (root / "blobs").rglob("*") if p.is_file())
-
-
-def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    samples = []
-    for _ in range(repeat):
-        os.sync()
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def checkpoints(tmp: Path, model: nn.Module, trained: nn.Module, n: int) -> dict[str, float]:

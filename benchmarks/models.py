@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import modelshelf as ms
+from common import median_time as timed
 from common import save_results
 
 HERE = Path(__file__).resolve().parent
@@ -71,16 +70,6 @@ done.set()
 sampler.join()
 print(before, max(peak[0], rss()))
 """
-
-
-def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    samples = []
-    for _ in range(repeat):
-        os.sync()
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def main() -> None:

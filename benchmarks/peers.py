@@ -33,24 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import modelshelf as ms
-from common import save_results
+from common import folder_bytes, save_results
+from common import median_time as timed
 from dedup import WIDTH, FineTune
 
 HERE = Path(__file__).resolve().parent
-
-
-def timed(fn: Any, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        os.sync()
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def nudge(model: FineTune) -> None:
