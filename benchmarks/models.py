@@ -90,6 +90,12 @@ def main() -> None:
         def save() -> None:
             save_file(model.state_dict(), str(tmp / f"st-{next(counter)}.safetensors"))
 
+        def save_durably() -> None:  # as a version is before it commits: on disk
+            path = tmp / f"st-{next(counter)}.safetensors"
+            save_file(model.state_dict(), str(path))
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
         def log() -> None:
             with torch.no_grad():  # new bytes each time, so nothing is de-duplicated
                 model.layers[0].bias[0] += 1
@@ -98,6 +104,7 @@ def main() -> None:
             )
 
         save_s = timed(save, args.repeat)
+        durable_s = timed(save_durably, args.repeat)
         log_s = timed(log, args.repeat)
 
         shelf = ms.Shelf(tmp / "shelf-load")
@@ -141,6 +148,8 @@ def main() -> None:
         "save_file_s": save_s,
         "log_model_s": log_s,
         "log_vs_save": log_s / save_s,
+        "save_file_fsync_s": durable_s,
+        "log_vs_save_fsync": log_s / durable_s,
         "load_file_load_state_dict_s": base_s,
         "build_load_file_load_state_dict_s": base_build_s,
         "load_model_warm_s": load_s,
@@ -151,6 +160,8 @@ def main() -> None:
     rows = [
         ("safetensors save_file (baseline)", f"{save_s:.2f} s", "", ""),
         ("log_model", f"{log_s:.2f} s", f"{log_s / save_s:.2f}x", "<= 1.2x"),
+        ("save_file + fsync (durable baseline)", f"{durable_s:.2f} s", "", ""),
+        ("log_model / durable save_file", "", f"{log_s / durable_s:.2f}x", ""),
         ("load_file + load_state_dict + forward (baseline)", f"{base_s:.3f} s", "", ""),
         ("  the same, building the model first", f"{base_build_s:.3f} s", "", ""),
         (

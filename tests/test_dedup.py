@@ -270,3 +270,30 @@ def test_show_reports_what_a_version_shares(tmp_path: Path) -> None:
     text = cli("show", "m:v1", shelf=root).stdout
     assert "stored: 9 blobs" in text and "shared with other versions" in text
     assert f"({storage['dedup_ratio']:.2f}x)" in text
+
+
+def test_a_relogged_local_file_is_not_read_again(tmp_path: Path) -> None:
+    """The stat cache knows an unchanged file's digest, and the hash cache its chunks: a
+    re-log checks that the chunks are on the shelf and reads nothing."""
+    import time
+
+    from modelshelf._core.sources import LocalFile
+
+    shelf = ms.Shelf(tmp_path / "shelf")
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(frozen_body_with_head().state_dict(), str(path))
+    time.sleep(1.1)  # older than the stat cache's racy window, as files are in real use
+    v0 = shelf.log_artifact(path, name="m", type="model")
+    entry = v0.manifest.files[path.name]
+    source = LocalFile(path)
+    assert source._known_chunks(shelf.repository, os.stat(path)) == entry
+    assert shelf.log_artifact(path, name="m", type="model").version == 0
+
+    blob = tmp_path / "shelf" / blob_key(entry.chunks[2][0].split(":", 1)[1])
+    data = blob.read_bytes()
+    blob.unlink()  # a chunk gone: the file is read and stored again
+    assert source._known_chunks(shelf.repository, os.stat(path)) is None
+    assert shelf.log_artifact(path, name="m", type="model").version == 0
+    assert blob.read_bytes() == data
+    path.write_bytes(path.read_bytes())  # touched: the stat data no longer match
+    assert source._known_chunks(shelf.repository, os.stat(path)) is None

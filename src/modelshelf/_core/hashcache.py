@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -22,6 +23,7 @@ from .._format.layout import CachePaths
 from .._storage.hashing import sha256_file
 
 RACY_SECONDS = 1.0
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 _LOCK = threading.Lock()
 _CONNECTIONS: dict[tuple[str, int], sqlite3.Connection] = {}
@@ -47,6 +49,9 @@ def _connect() -> sqlite3.Connection | None:
             " mtime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
         )
         conn.execute("CREATE TABLE IF NOT EXISTS chunked (chunks TEXT PRIMARY KEY, digest TEXT)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS chunk_lists (digest TEXT PRIMARY KEY, chunks TEXT)"
+        )
         conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
         conn.execute("CREATE TABLE IF NOT EXISTS logged_refs (uri TEXT PRIMARY KEY, at REAL)")
     except (OSError, sqlite3.Error):
@@ -193,7 +198,8 @@ def whole_digest(chunks: Sequence[tuple[str, int]]) -> str | None:
 
 
 def remember_whole(chunks: Sequence[tuple[str, int]], digest: str) -> None:
-    """Record that the file made of ``chunks`` hashed to ``digest``."""
+    """Record that the file made of ``chunks`` hashed to ``digest`` (both ways: a local file
+    whose digest the stat cache knows then needs no reading to know its chunks)."""
     with _LOCK:
         conn = _connect()
         if conn is not None:
@@ -201,6 +207,32 @@ def remember_whole(chunks: Sequence[tuple[str, int]], digest: str) -> None:
                 conn.execute(
                     "INSERT OR REPLACE INTO chunked VALUES (?, ?)", (_chunks_key(chunks), digest)
                 )
+                conn.execute(
+                    "INSERT OR REPLACE INTO chunk_lists VALUES (?, ?)",
+                    (digest, json.dumps(list(chunks))),
+                )
+
+
+def chunks_of(digest: str) -> list[tuple[str, int]] | None:
+    """The chunks recorded for the file of ``digest`` (hex), if any."""
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(
+                "SELECT chunks FROM chunk_lists WHERE digest=?", (digest,)
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+    if row is None:
+        return None
+    try:
+        chunks = [(str(d), int(n)) for d, n in json.loads(row[0])]
+    except (ValueError, TypeError):
+        return None
+    ok = all(_DIGEST.fullmatch(d) and n >= 0 for d, n in chunks)
+    return chunks if ok else None  # a damaged cache costs a re-hash, never a wrong entry
 
 
 def forget(path: str | os.PathLike[str]) -> None:

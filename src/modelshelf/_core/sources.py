@@ -53,6 +53,9 @@ class LocalFile:
 
     def store(self, repo: Repository) -> FileEntry:
         st = os.stat(self.path)
+        known = self._known_chunks(repo, st)
+        if known is not None:
+            return known
         pieces = file_pieces(self.path, st.st_size)
         if pieces is None:
             hexdigest, size = repo.put_file(self.path)
@@ -65,7 +68,20 @@ class LocalFile:
         same = (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
         if not same or entry.size != st.st_size:
             raise changed
+        if entry.hex is not None:
+            hashcache.remember(self.path, entry.hex, st)
         return entry
+
+    def _known_chunks(self, repo: Repository, st: os.stat_result) -> FileEntry | None:
+        """The entry of a file stored in chunks before, unchanged since (by its stat data),
+        whose chunks are all on the shelf: a re-log that reads nothing."""
+        digest = hashcache.lookup(self.path, st)
+        chunks = hashcache.chunks_of(digest) if digest is not None else None
+        if not chunks or len(chunks) < 2 or sum(n for _, n in chunks) != st.st_size:
+            return None
+        if not all(repo.storage.exists(blob_key(d.split(":", 1)[1])) for d, _ in chunks):
+            return None
+        return FileEntry(size=st.st_size, digest=f"sha256:{digest}", chunks=tuple(chunks))
 
 
 @dataclass(frozen=True)
