@@ -5,7 +5,8 @@ Run: ``python benchmarks/callbacks_frameworks.py [--mib 100] [--epochs 6]``. Pri
 and writes ``benchmarks/results/callbacks_frameworks.json`` (Lightning: ``callbacks.py``).
 
 Each framework trains the same ~100 MiB model (four square dense layers, SGD with momentum, so
-the optimizer state is as large again) on random data, with a checkpoint at every epoch:
+the optimizer state is as large again) on random data; both callbacks of a pair save when the
+monitored loss improves (it does, nearly every epoch):
 
 - Keras: ``ModelCheckpoint(save_best_only=True)`` to a ``.keras`` file (the model, its
   weights and the optimizer's) against ``ShelfCheckpoint(monitor="loss", keep_last=1)``.
