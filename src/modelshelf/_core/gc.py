@@ -184,7 +184,7 @@ def _referenced(repo: Repository, report: GcReport) -> tuple[set[str], set[str]]
                 set_aside.add(str(record.get("manifest")))
     for hexdigest, ref in manifests.items():
         try:
-            blobs |= repo.manifest(hexdigest, cached=True).blob_hexes()
+            blobs |= repo.manifest(hexdigest).blob_hexes()
         except IntegrityError:
             if hexdigest not in set_aside:  # known damage that fsck set aside blocks nothing
                 report.damaged.append(ref)

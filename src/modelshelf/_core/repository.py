@@ -66,10 +66,6 @@ _SHELF_ID_RE = re.compile(r"[0-9a-f]{32}")
 MAX_RENAMES = 64
 
 
-#: Manifests whose checked bytes a Repository keeps for gc (oldest dropped first).
-MANIFEST_CACHE = 4096
-
-
 class Repository:
     """The versions, aliases, labels, blobs and manifests of one shelf.
 
@@ -89,7 +85,6 @@ class Repository:
         self.labels = Labels(self.storage)
         self._root: Record | None = None
         self._init_lock = threading.Lock()
-        self._manifests: dict[str, bytes] = {}  # checked manifest bytes, by digest (gc's)
 
     # -- the root record -----------------------------------------------------------------
     def info(self, *, create: bool) -> Record | None:
@@ -523,33 +518,22 @@ class Repository:
             n -= 1
         return None
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - manifests are immutable
-    def manifest(self, hexdigest: str, *, cached: bool = False) -> Manifest:
-        """The manifest stored under ``hexdigest`` (checked before it names a key).
-
-        ``cached``: from the bytes this object read and checked before, if any (a manifest is
-        named by its digest, so what was checked once stays right). Only gc asks for it:
-        everything else re-reads, so that damage done since is seen."""
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - manifests are immutable
+    def manifest(self, hexdigest: str) -> Manifest:
+        """The manifest stored under ``hexdigest`` (checked before it names a key; kept once
+        checked, as it is named by its digest: gc reads every version's)."""
         if not HEX_RE.fullmatch(hexdigest):
             raise IntegrityError(f"Malformed manifest digest {hexdigest!r} in a commit record.")
         key = manifest_key(hexdigest)
-        data = self._manifests.get(hexdigest) if cached else None
-        if data is None:
-            try:
-                data = self.storage.read(key)
-            except FileNotFoundError:
-                raise IntegrityError(
-                    f"The manifest {self.storage.describe(key)} is missing."
-                ) from None
-            if hashlib.sha256(data).hexdigest() != hexdigest:
-                raise IntegrityError(
-                    f"The manifest {self.storage.describe(key)} does not match its digest: it "
-                    "was changed after it was written."
-                )
-            if len(self._manifests) >= MANIFEST_CACHE:
-                with contextlib.suppress(RuntimeError, StopIteration):  # another thread's turn
-                    self._manifests.pop(next(iter(self._manifests)), None)
-            self._manifests[hexdigest] = data
+        try:
+            data = self.storage.read(key)
+        except FileNotFoundError:
+            raise IntegrityError(f"The manifest {self.storage.describe(key)} is missing.") from None
+        if hashlib.sha256(data).hexdigest() != hexdigest:
+            raise IntegrityError(
+                f"The manifest {self.storage.describe(key)} does not match its digest: it was "
+                "changed after it was written."
+            )
         return Manifest.from_bytes(data, self.storage.describe(key))
 
 
