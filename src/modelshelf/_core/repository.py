@@ -322,8 +322,21 @@ class Repository:
             self.record_edge(run_id, "outputs", name, version)
         if aliases:
             self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
-        # Renamed while this commit ran: the version is there, under the new name.
-        return self.get(f"{name}:v{version}", follow_renames=True)
+        return self._committed(name, version, {**record, "version": version}, aliases)
+
+    def _committed(
+        self, name: str, version: int, record: Record, aliases: list[str]
+    ) -> ArtifactVersion:
+        """The version a commit just wrote, from what it wrote: its record, no labels changed
+        yet, the aliases it moved and ``latest`` (a lookup from scratch costs a bucket nine
+        reads; this, two). Renamed meanwhile, or a newer version committed meanwhile: it is
+        looked up anew (under the new name)."""
+        if self.current_name(name) != name or self.labels.versions_log(name).slot(version + 1)[0]:
+            return self.get(f"{name}:v{version}", follow_renames=True)
+        return self._version(
+            name, version, record, dict(initial_state(record)), dict.fromkeys(aliases, version),
+            version,
+        )  # fmt: skip
 
     def _put_manifest(self, hexdigest: str, data: bytes) -> None:
         """Store a manifest under its digest, unless it is there whole already."""
