@@ -134,12 +134,13 @@ class Referenced:
 def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception) -> FileEntry:
     """Store a file as the chunks ``pieces`` yield, in order; one piece makes a plain blob.
 
-    First each chunk is hashed (several at once), and only the chunks the shelf lacks are
-    written. The whole file's sha256 comes from the hash cache when the same chunks made a
-    file before; otherwise a second pass computes it, checking each chunk again and writing
-    the missing ones on the way (to an object store, they are sent beside it, several at
-    once). ``changed`` is raised when bytes differ between the passes, and nothing stored
-    ever mismatches its digest.
+    On a local shelf that lacks either of the first two chunks, little will be shared: each
+    chunk is written in one pass, hashed as it goes (``_write_first``). Otherwise each chunk is
+    hashed first (several at once), and only the chunks the shelf lacks are written. The whole
+    file's sha256 then comes from the hash cache when the same chunks made a file before, or
+    from a second pass that checks each chunk again and writes the missing ones on the way (to
+    an object store they are sent beside it, several at once). ``changed`` is raised when
+    bytes differ between the passes: nothing stored ever mismatches its digest.
     """
     remote = storage.hash_before_upload
     if not remote and not all(storage.exists(blob_key(_hash_piece(p)[0])) for p in pieces[:2]):
