@@ -42,6 +42,11 @@ def main() -> None:
     if cbs:
         lines.append("| training blocked per checkpoint / Lightning ModelCheckpoint | - | "
                      f"{cbs['ratio']:.2f}x |")  # fmt: skip
+    frameworks = load("callbacks_frameworks")
+    for name, own in (("keras", "Keras ModelCheckpoint"), ("fastai", "fastai SaveModelCallback")):
+        if name in frameworks:
+            ratio = frameworks[name]["ratio"]
+            lines.append(f"| training blocked per checkpoint / {own} | - | {ratio:.2f}x |")
     if models:
         lines.append("| load_model, warm cache / load_file + load_state_dict | - | "
                      f"{models['load_vs_baseline']:.2f}x |")  # fmt: skip
