@@ -164,21 +164,19 @@ def test_files_that_are_not_safetensors_layouts_are_stored_whole(tmp_path: Path)
         assert (v.download() / path.name).read_bytes() == path.read_bytes()
 
 
-def _chunk_file(shelf_root: Path, version: ms.ArtifactVersion, index: int) -> Path:
-    digest = version.manifest.files[WEIGHTS].chunks[index][0]
-    path = shelf_root / blob_key(digest.split(":", 1)[1])
-    os.chmod(path, 0o644)
-    return path
-
-
-def test_a_damaged_chunk_is_named_and_nothing_damaged_is_kept(tmp_path: Path) -> None:
-    root = tmp_path / "shelf"
-    shelf = ms.Shelf(root)
+@pytest.mark.parametrize("backend", ["local", "s3", "gcs"])
+def test_a_damaged_chunk_is_named_and_nothing_damaged_is_kept(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Locally each chunk streams; from a bucket the next ones are fetched ahead. Either way
+    the damaged chunk is named, and nothing of the file is kept."""
+    shelf = ms.Shelf(make_url(backend, tmp_path, request))
+    storage = shelf.repository.storage
     v = shelf.log_model(frozen_body_with_head(), name="m")
-    blob = _chunk_file(root, v, 3)
-    data = bytearray(blob.read_bytes())
+    key = blob_key(v.manifest.files[WEIGHTS].chunks[3][0].split(":", 1)[1])
+    data = bytearray(storage.read(key))
     data[100] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    storage.replace(key, bytes(data))
 
     with pytest.raises(ms.IntegrityError, match=r"chunk 4 of 9 of 'model.safetensors'") as info:
         v.verify()
@@ -190,14 +188,32 @@ def test_a_damaged_chunk_is_named_and_nothing_damaged_is_kept(tmp_path: Path) ->
         shelf.load_model(v.ref, model=frozen_body_with_head())
     assert not list((tmp_path / "cache").rglob("*.part"))
 
-    blob.write_bytes(bytes(data[:-7]))  # truncated
+    storage.replace(key, bytes(data[:-7]))  # truncated
     with pytest.raises(ms.IntegrityError, match="chunk 4 of 9"):
         v.verify()
-    blob.unlink()  # gone
+    storage.delete(key)  # gone
     with pytest.raises(ms.IntegrityError, match="missing from the shelf"):
         v.verify()
-    report = shelf.fsck()
-    assert not report.ok
+    assert not shelf.fsck().ok
+
+
+def test_chunks_fetched_ahead_and_streamed_mix_in_order(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a bucket, chunks up to a size are fetched ahead and larger ones stream in their
+    turn; the file comes out whole and in order either way."""
+    from modelshelf._core import download
+
+    shelf = ms.Shelf(make_url("s3", tmp_path, request))
+    model = frozen_body_with_head()
+    v = shelf.log_model(model, name="m")
+    # the 1 MiB weights stream, the small chunks between them are fetched ahead, two at once
+    monkeypatch.setattr(download, "PREFETCH_CHUNK", st.CHUNK_MIN - 1)
+    monkeypatch.setattr(download, "REMOTE_FETCHES", 2)
+    path = v.download(tmp_path / "out") / WEIGHTS
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == v.manifest.files[WEIGHTS].hex
+    loaded = safetensors_torch.load_file(str(path))
+    assert all(torch.equal(loaded[k], t) for k, t in model.state_dict().items())
 
 
 def test_chunks_that_do_not_make_up_the_file_are_refused(tmp_path: Path) -> None:

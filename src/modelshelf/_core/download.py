@@ -10,12 +10,14 @@ re-hashing whatever changed since).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,28 +82,96 @@ def _checked_chunks(
     storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry
 ) -> Iterator[bytes]:
     """The bytes of a file stored in chunks, each checked against its own digest and size
-    as it goes by (so a damaged chunk is named, and nothing after it is read)."""
-    for i, (digest, size) in enumerate(entry.chunks):
-        expected = digest.split(":", 1)[1]
-        h, n = hashlib.sha256(), 0
+    as it goes by (so a damaged chunk is named, and nothing after it is used). From an object
+    store, the next chunks of up to ``PREFETCH_CHUNK`` bytes are fetched while one is used
+    (``REMOTE_FETCHES`` at once, at most ``PREFETCH_BYTES`` held); larger ones stream."""
+    if not storage.hash_before_upload:
+        for i in range(len(entry.chunks)):
+            yield from _streamed_chunk(storage, version, rel, entry, i)
+        return
+    pending: collections.deque[tuple[Future[bytes], int]] = collections.deque()
+    held, i, count = 0, 0, len(entry.chunks)
+    with ThreadPoolExecutor(REMOTE_FETCHES, thread_name_prefix="modelshelf-fetch") as pool:
         try:
-            for buf in storage.iter_chunks(blob_key(expected)):
-                h.update(buf)
-                n += len(buf)
-                if n > size:
-                    break
-                yield buf
-        except FileNotFoundError:
-            raise _missing(storage, version, rel, expected) from None
-        if n != size or h.hexdigest() != expected:
-            raise IntegrityError(
-                f"{version.ref}: chunk {i + 1} of {len(entry.chunks)} of {rel!r} is corrupted "
-                f"({storage.describe(blob_key(expected))} should hold {size} bytes with "
-                f"{digest}; read {'more than ' if n > size else ''}{n} bytes"
-                f"{'' if n > size else f' with sha256:{h.hexdigest()}'}).",
-                ref=version.ref,
-                files=[rel],
-            )
+            while i < count or pending:
+                while i < count and len(pending) < REMOTE_FETCHES:
+                    size = entry.chunks[i][1]
+                    if size > PREFETCH_CHUNK or (pending and held + size > PREFETCH_BYTES):
+                        break
+                    fetched = pool.submit(_fetched_chunk, storage, version, rel, entry, i)
+                    pending.append((fetched, size))
+                    held, i = held + size, i + 1
+                if pending:
+                    future, size = pending.popleft()
+                    held -= size
+                    yield future.result()
+                else:  # a large chunk: streamed, in its turn
+                    yield from _streamed_chunk(storage, version, rel, entry, i)
+                    i += 1
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+
+#: From an object store: chunks fetched at once, the largest fetched ahead (larger ones stream
+#: in their turn), and the most bytes held ahead of their use.
+REMOTE_FETCHES = 8
+PREFETCH_CHUNK = 64 * 2**20
+PREFETCH_BYTES = 256 * 2**20
+
+
+def _fetched_chunk(
+    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, i: int
+) -> bytes:
+    return b"".join(_streamed_chunk(storage, version, rel, entry, i))
+
+
+def _streamed_chunk(
+    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, i: int
+) -> Iterator[bytes]:
+    """The bytes of chunk ``i`` as they are read; IntegrityError once they prove wrong."""
+    check = _ChunkCheck(storage, version, rel, entry, i)
+    try:
+        for buf in storage.iter_chunks(check.key):
+            if not check.add(buf):
+                break
+            yield buf
+    except FileNotFoundError:
+        raise _missing(storage, version, rel, check.hex) from None
+    check.done()
+
+
+class _ChunkCheck:
+    """The digest and size of chunk ``i`` of ``entry``, checked as its bytes go by."""
+
+    def __init__(
+        self, storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, i: int
+    ) -> None:
+        self.storage, self.version, self.rel, self.entry, self.i = storage, version, rel, entry, i
+        self.digest, self.size = entry.chunks[i]
+        self.hex = self.digest.split(":", 1)[1]
+        self.key = blob_key(self.hex)
+        self.hash, self.n = hashlib.sha256(), 0
+
+    def add(self, buf: bytes) -> bool:
+        """Take ``buf`` into account; False once the chunk is longer than it should be."""
+        self.hash.update(buf)
+        self.n += len(buf)
+        return self.n <= self.size
+
+    def done(self) -> None:
+        """IntegrityError naming the chunk, unless its bytes were all there and right."""
+        n, size, got = self.n, self.size, self.hash.hexdigest()
+        if n == size and got == self.hex:
+            return
+        raise IntegrityError(
+            f"{self.version.ref}: chunk {self.i + 1} of {len(self.entry.chunks)} of "
+            f"{self.rel!r} is corrupted ({self.storage.describe(self.key)} should hold {size} "
+            f"bytes with {self.digest}; read {'more than ' if n > size else ''}{n} bytes"
+            f"{'' if n > size else f' with sha256:{got}'}).",
+            ref=self.version.ref,
+            files=[self.rel],
+        )
 
 
 def _into_cache(chunks: Iterator[bytes], check: Callable[[str, int], None]) -> Path:
