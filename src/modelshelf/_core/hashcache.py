@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from .._config import cache_dir
 from .._format.layout import CachePaths
@@ -48,16 +49,39 @@ def _connect() -> sqlite3.Connection | None:
             "CREATE TABLE IF NOT EXISTS blobs (path TEXT PRIMARY KEY, size INTEGER,"
             " mtime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
         )
-        conn.execute("CREATE TABLE IF NOT EXISTS chunked (chunks TEXT PRIMARY KEY, digest TEXT)")
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS chunk_lists (digest TEXT PRIMARY KEY, chunks TEXT)"
+            "CREATE TABLE IF NOT EXISTS chunk_files"
+            " (digest TEXT PRIMARY KEY, chunks TEXT, key TEXT)"
         )
+        conn.execute("CREATE INDEX IF NOT EXISTS chunk_files_by_key ON chunk_files (key)")
         conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
         conn.execute("CREATE TABLE IF NOT EXISTS logged_refs (uri TEXT PRIMARY KEY, at REAL)")
     except (OSError, sqlite3.Error):
         return None  # no writable cache: hash every time
     _CONNECTIONS[key] = conn
     return conn
+
+
+def _row(sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+    """The first row ``sql`` selects; None without one, or without a usable cache."""
+    with _LOCK:
+        conn = _connect()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(sql, args).fetchone()
+        except sqlite3.Error:
+            return None
+    return None if row is None else tuple(row)
+
+
+def _write(sql: str, *rows: tuple[object, ...]) -> None:
+    """Run ``sql`` for each of ``rows``; a cache that cannot take them only costs re-hashing."""
+    with _LOCK:
+        conn = _connect()
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.executemany(sql, rows)
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -68,17 +92,9 @@ def lookup(path: str | os.PathLike[str], st: os.stat_result | None = None) -> st
     """Return the cached hex sha256 of ``path`` if its stat data is unchanged, else None."""
     real = os.path.realpath(path)
     st = st or os.stat(real)
-    with _LOCK:
-        conn = _connect()
-        if conn is None:
-            return None
-        try:
-            row = conn.execute(
-                "SELECT size, mtime_ns, ctime_ns, ino, dev, digest FROM hashes WHERE path=?",
-                (real,),
-            ).fetchone()
-        except sqlite3.Error:
-            return None
+    row = _row(
+        "SELECT size, mtime_ns, ctime_ns, ino, dev, digest FROM hashes WHERE path=?", (real,)
+    )
     if row is None or tuple(row[:5]) != _stat_key(st):
         return None
     return str(row[5])
@@ -96,15 +112,9 @@ def remember(
     if not written_by_us and time.time() - changed < RACY_SECONDS:
         return
     real = os.path.realpath(path)
-    with _LOCK:
-        conn = _connect()
-        if conn is None:
-            return
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute(
-                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (real, *_stat_key(st), digest),
-            )
+    _write(
+        "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)", (real, *_stat_key(st), digest)
+    )
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -132,14 +142,10 @@ def _blob_key(st: os.stat_result) -> tuple[int, int, int, int]:
 
 def trust_blob(path: str | os.PathLike[str], digest: str, st: os.stat_result) -> None:
     """Record that the cache blob ``path`` (stat data ``st``) was checked to hold ``digest``."""
-    with _LOCK:
-        conn = _connect()
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute(
-                    "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
-                    (os.path.realpath(path), *_blob_key(st), digest),
-                )
+    _write(
+        "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
+        (os.path.realpath(path), *_blob_key(st), digest),
+    )
 
 
 def trusted_blob(path: str | os.PathLike[str], digest: str) -> bool:
@@ -149,16 +155,7 @@ def trusted_blob(path: str | os.PathLike[str], digest: str) -> bool:
         st = os.stat(real)
     except OSError:
         return False
-    with _LOCK:
-        conn = _connect()
-        if conn is None:
-            return False
-        try:
-            row = conn.execute(
-                "SELECT size, mtime_ns, ino, dev, digest FROM blobs WHERE path=?", (real,)
-            ).fetchone()
-        except sqlite3.Error:
-            return False
+    row = _row("SELECT size, mtime_ns, ino, dev, digest FROM blobs WHERE path=?", (real,))
     return row is not None and tuple(row[:4]) == _blob_key(st) and row[4] == digest
 
 
@@ -184,47 +181,22 @@ def _chunks_key(chunks: Sequence[tuple[str, int]]) -> str:
 
 def whole_digest(chunks: Sequence[tuple[str, int]]) -> str | None:
     """The digest recorded for the file made of ``chunks`` ((digest, size) in order)."""
-    with _LOCK:
-        conn = _connect()
-        if conn is None:
-            return None
-        try:
-            row = conn.execute(
-                "SELECT digest FROM chunked WHERE chunks=?", (_chunks_key(chunks),)
-            ).fetchone()
-        except sqlite3.Error:
-            return None
+    row = _row("SELECT digest FROM chunk_files WHERE key=?", (_chunks_key(chunks),))
     return None if row is None else str(row[0])
 
 
 def remember_whole(chunks: Sequence[tuple[str, int]], digest: str) -> None:
-    """Record that the file made of ``chunks`` hashed to ``digest`` (both ways: a local file
-    whose digest the stat cache knows then needs no reading to know its chunks)."""
-    with _LOCK:
-        conn = _connect()
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute(
-                    "INSERT OR REPLACE INTO chunked VALUES (?, ?)", (_chunks_key(chunks), digest)
-                )
-                conn.execute(
-                    "INSERT OR REPLACE INTO chunk_lists VALUES (?, ?)",
-                    (digest, json.dumps(list(chunks))),
-                )
+    """Record that the file made of ``chunks`` hashed to ``digest`` (looked up both ways: a
+    local file whose digest the stat cache knows then needs no reading to know its chunks)."""
+    _write(
+        "INSERT OR REPLACE INTO chunk_files VALUES (?, ?, ?)",
+        (digest, json.dumps(list(chunks)), _chunks_key(chunks)),
+    )
 
 
 def chunks_of(digest: str) -> list[tuple[str, int]] | None:
     """The chunks recorded for the file of ``digest`` (hex), if any."""
-    with _LOCK:
-        conn = _connect()
-        if conn is None:
-            return None
-        try:
-            row = conn.execute(
-                "SELECT chunks FROM chunk_lists WHERE digest=?", (digest,)
-            ).fetchone()
-        except sqlite3.Error:
-            return None
+    row = _row("SELECT chunks FROM chunk_files WHERE digest=?", (digest,))
     if row is None:
         return None
     try:
@@ -236,24 +208,13 @@ def chunks_of(digest: str) -> list[tuple[str, int]] | None:
 
 
 def forget(path: str | os.PathLike[str]) -> None:
-    with _LOCK:
-        conn = _connect()
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("DELETE FROM hashes WHERE path=?", (os.path.realpath(path),))
+    _write("DELETE FROM hashes WHERE path=?", (os.path.realpath(path),))
 
 
 def _stamp(table: str, keys: list[str]) -> None:
     """Record ``keys`` in ``table`` (``used`` or ``logged_refs``) with the time now."""
     at = time.time()
-    with _LOCK:
-        conn = _connect()
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO {table} VALUES (?, ?)",
-                    [(k, at) for k in keys],
-                )
+    _write(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", *[(k, at) for k in keys])
 
 
 def mark_used(digests: list[str]) -> None:
@@ -268,15 +229,7 @@ def remember_references(uris: list[str]) -> None:
 
 def logged_reference(uri: str) -> bool:
     """Whether this machine logged the reference ``uri``."""
-    with _LOCK:
-        conn = _connect()
-        if conn is None:
-            return False
-        try:
-            row = conn.execute("SELECT 1 FROM logged_refs WHERE uri=?", (uri,)).fetchone()
-        except sqlite3.Error:
-            return False
-        return row is not None
+    return _row("SELECT 1 FROM logged_refs WHERE uri=?", (uri,)) is not None
 
 
 def last_used() -> dict[str, float]:
