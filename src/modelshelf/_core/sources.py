@@ -143,36 +143,31 @@ def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception)
     bytes differ between the passes: nothing stored ever mismatches its digest.
     """
     remote = storage.hash_before_upload
-    if not remote and not all(storage.exists(blob_key(_hash_piece(p)[0])) for p in pieces[:2]):
-        # A new header (names, shapes, dtypes), or a first tensor that changed (a training of
-        # every layer): little will be shared. One pass writes each chunk while hashing it
-        # (a chunk the shelf has is replaced by the same bytes: nothing is lost, only time).
-        try:
-            return _write_first(storage, pieces)
-        except ChangedWhileReading:
-            raise changed from None
+    probed: list[tuple[str, int]] = []  # the first chunks, hashed to choose the way
+    if not remote:
+        for piece in pieces[:2]:
+            probed.append(_hash_piece(piece))
+            if not storage.exists(blob_key(probed[-1][0])):
+                # A new header (names, shapes, dtypes), or a first tensor that changed (a
+                # training of every layer): little will be shared. One pass writes each chunk
+                # while hashing it (a chunk the shelf has is replaced by the same bytes).
+                try:
+                    return _write_first(storage, pieces)
+                except ChangedWhileReading:
+                    raise changed from None
     hashers = min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=hashers, thread_name_prefix="modelshelf-hash") as pool:
-        chunks = [(f"sha256:{h}", n) for h, n in pool.map(_hash_piece, pieces)]
+        hashed = probed + list(pool.map(_hash_piece, pieces[len(probed) :]))
+    chunks = [(f"sha256:{h}", n) for h, n in hashed]
     unique = {d.split(":", 1)[1]: p for p, (d, _) in zip(pieces, chunks, strict=True)}
     with ThreadPoolExecutor(
         max_workers=REMOTE_SENDS if remote else 1, thread_name_prefix="modelshelf-send"
     ) as pool:
-        # Each call in a copy of this context: progress listeners live there.
-        missing = {
-            h: p
-            for (h, p), there in zip(
-                unique.items(),
-                pool.map(
-                    lambda h: contextvars.copy_context().run(storage.exists, blob_key(h)), unique
-                ),
-                strict=True,
-            )
-            if not there
-        }
+        there = pool.map(lambda h: storage.exists(blob_key(h)), unique)
+        missing = {h: p for (h, p), got in zip(unique.items(), there, strict=True) if not got}
         sends: list[Future[tuple[str, int]]] = []
         try:
-            if remote:
+            if remote:  # each send in a copy of this context: progress listeners live there
                 sends = [
                     pool.submit(
                         contextvars.copy_context().run,
