@@ -1,20 +1,20 @@
-"""Requests per operation on an S3 shelf, counted on moto's server.
+"""Requests and time per operation on an S3 shelf: moto's server, counting, with a latency.
 
-Run: ``python benchmarks/request_counts.py [--artifacts 20] [--versions 10]``. Prints a table
-and writes ``benchmarks/results/request_counts.json``. At a real bucket's 20-50 ms a request,
-the count is what an operation costs. Each s3fs call is counted as it is made
-(``S3FileSystem._call_s3``), by operation; the baseline is what the same operation costs done
-by hand with s3fs in the same run: one PUT (logging a small file) and one GET (reading it
-back).
+Run: ``python benchmarks/request_counts.py [--artifacts 20] [--versions 10] [--latency 30]
+[--mib 64]``. Prints a table and writes ``benchmarks/results/request_counts.json``.
+
+The server (``counting_s3.py``) counts every request it is sent, by operation, and the bytes
+in request bodies; it makes each request wait ``--latency`` ms first (requests sent side by
+side wait side by side), as a bucket 20-50 ms away would. The shelf of ``--artifacts`` x
+``--versions`` small versions is built without the latency. Baselines, in the same run: what
+the same work costs done by hand with s3fs (one PUT to store a small file, one GET to read it;
+``put_file`` / ``get_file`` of a large file).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,93 +24,138 @@ from pathlib import Path
 from typing import Any
 
 from common import save_results
-
-
-def _moto() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("moto's server did not start") from None
-            time.sleep(0.1)
+from counting_s3 import CountingS3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifacts", type=int, default=20)
     parser.add_argument("--versions", type=int, default=10)
+    parser.add_argument("--latency", type=float, default=30.0, help="ms added per request")
+    parser.add_argument("--mib", type=int, default=64, help="size of the large file")
     args = parser.parse_args()
-    proc, endpoint = _moto()
+    server = CountingS3()
+    tmp = Path(tempfile.mkdtemp())
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint,
+        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=server.endpoint,
+        MODELSHELF_CACHE=str(tmp / "cache"),
     )  # fmt: skip
     try:
         import s3fs
 
         import modelshelf as ms
 
-        calls: collections.Counter[str] = collections.Counter()
-        call_s3 = s3fs.S3FileSystem._call_s3
-
-        async def counted(self: Any, method: Any, *a: Any, **k: Any) -> Any:
-            calls[method if isinstance(method, str) else getattr(method, "__name__", "?")] += 1
-            return await call_s3(self, method, *a, **k)
-
-        s3fs.S3FileSystem._call_s3 = counted  # type: ignore[method-assign]
         fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir("bench-shelf")
         url = "s3://bench-shelf/shelf"
-        tmp = Path(tempfile.mkdtemp())
         shelf = ms.Shelf(url)
         for a in range(args.artifacts):
-            for _ in range(args.versions):
+            for v in range(args.versions):
                 f = tmp / f"f{a}.bin"
                 f.write_bytes(uuid.uuid4().bytes)
-                shelf.log_artifact(f, name=f"art{a}", type="model")
+                shelf.log_artifact(
+                    f, name=f"art{a}", type="model", aliases=["best"] if v == 3 else []
+                )
+        big = tmp / "big.bin"
+        big.write_bytes(os.urandom(args.mib << 20))
+        head_only = _checkpoints(tmp)
+        server.latency(args.latency)
 
-        def count(fn: Callable[[], object]) -> dict[str, int]:
-            calls.clear()
+        def measure(fn: Callable[[], object]) -> dict[str, Any]:
+            server.take()
+            t = time.perf_counter()
             fn()
-            return dict(calls)
+            seconds = time.perf_counter() - t
+            ops = server.take()
+            sent = ops.pop("bytes sent", 0)
+            return {"requests": sum(ops.values()), "seconds": round(seconds, 4),
+                    "bytes sent": sent, **ops}  # fmt: skip
 
         small = tmp / "small.bin"
         small.write_bytes(b"one more")
         rows = {
-            "s3fs: put one small file (baseline)": count(
+            "s3fs: put one small file (baseline)": measure(
                 lambda: fs.pipe_file("bench-shelf/by-hand/small.bin", b"one more")
             ),
-            "s3fs: read it back (baseline)": count(
+            "s3fs: read it back (baseline)": measure(
                 lambda: fs.cat_file("bench-shelf/by-hand/small.bin")
             ),
-            "log_artifact of one small file": count(
-                lambda: shelf.log_artifact(small, name="art3", type="model")
+            "log_artifact of one small file": measure(
+                lambda: shelf.log_artifact(small, name="art2", type="model")
             ),
-            "get('name') from a fresh Shelf": count(lambda: ms.Shelf(url).get("art5")),
-            "get('name:v5') from a fresh Shelf": count(lambda: ms.Shelf(url).get("art5:v5")),
-            "get('name') again, same Shelf": count(lambda: shelf.get("art5")),
-            "versions(name) from a fresh Shelf": count(lambda: ms.Shelf(url).versions("art5")),
+            "get('name') from a fresh Shelf": measure(lambda: ms.Shelf(url).get("art4")),
+            "get('name:v5') from a fresh Shelf": measure(lambda: ms.Shelf(url).get("art4:v5")),
+            "get('name:best') from a fresh Shelf": measure(lambda: ms.Shelf(url).get("art4:best")),
+            "get('name') again, same Shelf": measure(lambda: shelf.get("art4")),
+            "versions(name) from a fresh Shelf": measure(lambda: ms.Shelf(url).versions("art4")),
+            "artifacts() from a fresh Shelf": measure(lambda: ms.Shelf(url).artifacts()),
+            "modelshelf ls (every artifact, its latest)": measure(lambda: _ls(url)),
+            f"s3fs: put_file of {args.mib} MiB (baseline)": measure(
+                lambda: fs.put_file(str(big), "bench-shelf/by-hand/big.bin")
+            ),
+            f"log_artifact of {args.mib} MiB": measure(
+                lambda: shelf.log_artifact(big, name="big", type="model")
+            ),
+            f"s3fs: get_file of {args.mib} MiB (baseline)": measure(
+                lambda: fs.get_file("bench-shelf/by-hand/big.bin", str(tmp / "back.bin"))
+            ),
+            f"download of {args.mib} MiB, fresh cache": measure(
+                lambda: ms.Shelf(url).get("big").download(tmp / "down")
+            ),
+        }
+        first, second, head_bytes = head_only
+        rows["safetensors checkpoint, first"] = measure(
+            lambda: shelf.log_artifact(first, name="ckpt", type="model")
+        )
+        rows["safetensors checkpoint, only the head changed"] = {
+            **measure(lambda: shelf.log_artifact(second, name="ckpt", type="model")),
+            "head bytes": head_bytes,
         }
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    print(f"shelf: {args.artifacts} artifacts x {args.versions} versions on moto's S3\n")
-    for what, by_op in rows.items():
-        detail = ", ".join(f"{n} {op}" for op, n in sorted(by_op.items()))
-        print(f"{what:<40}{sum(by_op.values()):>4}  {detail}")
-    results = {what: {"requests": sum(ops.values()), **ops} for what, ops in rows.items()}
+        server.stop()
+    print(
+        f"shelf: {args.artifacts} artifacts x {args.versions} versions on moto's S3, "
+        f"{args.latency:g} ms per request\n"
+    )
+    print(f"{'':<48}{'requests':>9}{'seconds':>9}{'MiB sent':>10}  by operation")
+    for what, row in rows.items():
+        detail = ", ".join(
+            f"{n} {op}" for op, n in sorted(row.items())
+            if op not in ("requests", "seconds", "bytes sent", "head bytes")
+        )  # fmt: skip
+        print(
+            f"{what:<48}{row['requests']:>9}{row['seconds']:>9.3f}"
+            f"{row['bytes sent'] / 2**20:>10.2f}  {detail}"
+        )
+    results = {"latency_ms": args.latency, **rows}
     print(f"\nwrote {save_results('request_counts', results)}")
 
 
+def _ls(url: str) -> None:
+    """What ``modelshelf ls`` does, in this process (so that only the requests are timed)."""
+    from typer.testing import CliRunner
+
+    from modelshelf.cli.commands import app
+
+    result = CliRunner().invoke(app, ["--shelf", url, "ls", "--json"])
+    if result.exit_code != 0:
+        raise RuntimeError(result.output)
+
+
+def _checkpoints(tmp: Path) -> tuple[Path, Path, int]:
+    """Two safetensors files of 16 layers of 1 MiB and a head: the second changes the head."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    layers = {f"layer{i}.weight": rng.standard_normal((512, 512), np.float32) for i in range(16)}
+    head = {"head.weight": rng.standard_normal((64, 512), np.float32)}
+    first, second = tmp / "ckpt1.safetensors", tmp / "ckpt2.safetensors"
+    save_file({**layers, **head}, str(first))
+    save_file({**layers, "head.weight": head["head.weight"] + 1}, str(second))
+    return first, second, int(head["head.weight"].nbytes)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

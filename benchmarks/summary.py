@@ -50,6 +50,26 @@ def main() -> None:
     if models:
         lines.append("| load_model, warm cache / load_file + load_state_dict | - | "
                      f"{models['load_vs_baseline']:.2f}x |")  # fmt: skip
+    s3 = load("request_counts")
+    if s3:
+        ms = s3["latency_ms"]
+        put, get = s3["s3fs: put one small file (baseline)"], s3["s3fs: read it back (baseline)"]
+        for label, row, base in (
+            ("log a small file", "log_artifact of one small file", put),
+            ("get(name) from a fresh Shelf", "get('name') from a fresh Shelf", get),
+        ):
+            mine = s3[row]
+            lines.append(f"| S3, {ms:g} ms a request: {label} / s3fs by hand (requests: "
+                         f"{mine['requests']} / {base['requests']}) | - | "
+                         f"{mine['seconds'] / base['seconds']:.2f}x |")  # fmt: skip
+        for row, base in ((r, b) for r in s3 for b in s3 if r.startswith("log_artifact of ")
+                          and "small" not in r and b.startswith("s3fs: put_file")):  # fmt: skip
+            lines.append(f"| S3: {row} / s3fs put_file | - | "
+                         f"{s3[row]['seconds'] / s3[base]['seconds']:.2f}x |")  # fmt: skip
+        for row, base in ((r, b) for r in s3 for b in s3 if r.startswith("download of ")
+                          and b.startswith("s3fs: get_file")):  # fmt: skip
+            lines.append(f"| S3: {row} / s3fs get_file | - | "
+                         f"{s3[row]['seconds'] / s3[base]['seconds']:.2f}x |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     (RESULTS / "summary.md").write_text(table)
     print(table)

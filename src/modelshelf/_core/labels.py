@@ -11,11 +11,12 @@ import contextlib
 import copy
 import datetime as _dt
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from .._errors import ConflictError, IntegrityError, InvalidReferenceError, NotFoundError
-from .._format.layout import ArtifactKeys
+from .._format.layout import ArtifactKeys, record_number
 from .._format.names import LATEST, validate_alias, validate_name
 from .._format.records import (
     AliasRecord,
@@ -29,7 +30,7 @@ from .._format.records import (
     parse_time,
     writer_info,
 )
-from .._format.seqlog import RecordCache, SeqLog
+from .._format.seqlog import Listing, RecordCache, SeqLog
 from .._storage import Storage
 
 
@@ -65,6 +66,88 @@ class Labels:
         self.storage = storage
         self._stored: dict[str, str] = {}
         self.records = RecordCache()
+        self._local = threading.local()  # this thread's listings in use (see ``listed``)
+
+    # -- reading as of one listing ---------------------------------------------------------
+    @contextlib.contextmanager
+    def listed(self, name: str) -> Iterator[None]:
+        """Within this block, this thread reads the records of ``name`` as of one listing of
+        its folder (and of the folder a rename pointer leads to), on storages where a listing
+        costs one request: the heads of its logs, and which of its keys exist, come from it.
+
+        Elsewhere it changes nothing (probing a local disk costs less than listing it). Writes
+        are unaffected: a log append that finds the listing behind lists afresh.
+        """
+        if not self.storage.lists_heads:
+            yield
+            return
+        stack = self._listings()
+        depth = len(stack)
+        try:
+            stack.append(Listing(self.storage, ArtifactKeys(name).prefix))
+            target = self.stored_as(name)
+            if target != name:
+                stack.append(Listing(self.storage, ArtifactKeys(target).prefix))
+            yield
+        finally:
+            del stack[depth:]
+
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[None]:
+        """Within this block, this thread reads the shelf itself, not the listings in use."""
+        stack = self._listings()
+        self._local.stack = []
+        try:
+            yield
+        finally:
+            self._local.stack = stack
+
+    def _listings(self) -> list[Listing]:
+        stack: list[Listing] | None = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def listing_for(self, key: str) -> Listing | None:
+        """The listing in use in this thread that covers ``key``, if any."""
+        for listing in reversed(self._listings()):
+            if listing.covers(key):
+                return listing
+        return None
+
+    def try_read(self, key: str) -> bytes | None:
+        """The bytes at ``key`` (None if absent), or, as of the listing in use, None without a
+        request when it does not show the key."""
+        listing = self.listing_for(key)
+        if listing is not None and not listing.has(key):
+            return None
+        return self.storage.try_read(key)
+
+    def prefetch(self, name: str, versions: list[int]) -> None:
+        """Read at once, into the record cache, what resolving a version of ``name`` reads one
+        by one: the alias head, the newest version record not marked deleted, and each of
+        ``versions``' record and newest state, as the listing in use shows them (without one:
+        nothing)."""
+        keys = self.keys(name)
+        listing = self.listing_for(keys.versions + "/")
+        if listing is None:
+            return
+        wanted = []
+        gone = self.marked_deleted(name)
+        newest = [n for n in listing.numbers(keys.versions) if n not in gone]
+        aliases = listing.numbers(keys.aliases)
+        if aliases:
+            wanted.append(keys.aliases + f"/{aliases[-1]:012d}.json")
+        for n in {*versions, *newest[-1:]}:
+            wanted.append(keys.versions + f"/{n:012d}.json")
+            states = listing.numbers(keys.state(n))
+            if states:
+                wanted.append(keys.state(n) + f"/{states[-1]:012d}.json")
+        missing = [k for k in wanted if listing.has(k) and self.records.get(k) is None]
+        for key, data in self.storage.read_many(missing).items():
+            with contextlib.suppress(UnreadableRecord):
+                loads(data, self.storage.describe(key))
+                self.records.put(key, data)  # it decoded: it never changes again
 
     # -- where a name's records are ------------------------------------------------------
     def stored_as(self, name: str) -> str:
@@ -76,12 +159,15 @@ class Labels:
         hit = self._stored.get(name)
         if hit is not None:
             return hit
-        key = ArtifactKeys(name).info
-        data = self.storage.try_read(key)
+        keys = ArtifactKeys(name)
+        listing = self.listing_for(keys.info)
+        if listing is not None and listing.any_under(keys.versions):
+            return name  # a pointer's folder never holds versions
+        data = self.try_read(keys.info)
         if data is None:
             return name
         try:
-            info = loads(data, self.storage.describe(key))
+            info = loads(data, self.storage.describe(keys.info))
         except UnreadableRecord:  # being written, or torn: no pointer can be trusted yet
             return name
         target = info.get("stored_as")
@@ -121,8 +207,10 @@ class Labels:
         return ArtifactKeys(self.stored_as(name))
 
     def log(self, prefix: str, *, hint: bool = True) -> SeqLog:
-        """The log under ``prefix``, reading through this shelf's record cache."""
-        return SeqLog(self.storage, prefix, hint=hint, cache=self.records)
+        """The log under ``prefix``, reading through this shelf's record cache (and the
+        listing in use, if one covers it)."""
+        listing = self.listing_for(prefix + "/")
+        return SeqLog(self.storage, prefix, hint=hint, cache=self.records, listing=listing)
 
     def versions_log(self, name: str) -> SeqLog:
         return self.log(self.keys(name).versions)
@@ -133,19 +221,29 @@ class Labels:
         _, head = self.log(self.keys(name).state(version), hint=False).head()
         return head if head is not None else dict(initial_state(record))
 
-    def all_states(self, name: str) -> dict[int, Record]:
-        """The newest state record of each version that was ever changed."""
+    def all_states(
+        self, name: str, skip: set[int] | frozenset[int] = frozenset()
+    ) -> dict[int, Record]:
+        """The newest state record of each version that was ever changed (but those in
+        ``skip``, which are not read)."""
+        states_prefix = self.keys(name).states
+        listing = self.listing_for(states_prefix + "/")
+        listed = listing.keys if listing is not None else self.storage.find(states_prefix)
         latest: dict[int, str] = {}
-        for key in self.storage.find(self.keys(name).states):
+        for key in listed:
+            if not key.startswith(states_prefix + "/"):
+                continue
             n = ArtifactKeys.state_version(key)
-            if n is not None:
+            if n is not None and n not in skip and record_number(key) is not None:
                 latest[n] = max(latest.get(n, ""), key)
-        got = self.storage.read_many(list(latest.values()))
+        cached = {k: d for k in latest.values() if (d := self.records.get(k)) is not None}
+        got = {**cached, **self.storage.read_many([k for k in latest.values() if k not in cached])}
         states = {}
         for n, key in latest.items():
             if key in got:
                 try:
                     states[n] = loads(got[key], self.storage.describe(key))
+                    self.records.put(key, got[key])  # it decoded: it never changes again
                 except UnreadableRecord:  # the newest change is being written, or torn
                     head = self.log(self.keys(name).state(n), hint=False).head()
                     if head[1] is not None:
@@ -181,6 +279,22 @@ class Labels:
             state["deleted"] = True
 
         self.update_state(name, version, change)
+        with contextlib.suppress(OSError):  # only saves readers a read
+            self.storage.create(self.keys(name).deleted_marker(version), b"deleted")
+
+    def marked_deleted(self, name: str) -> set[int]:
+        """The versions of ``name`` whose deletion marker is there (as of the listing in use).
+        Deletion is final, so a marker is always right; a version without one may still be
+        deleted (marked by an older release, or a crash came between)."""
+        prefix = self.keys(name).deleted
+        listing = self.listing_for(prefix + "/")
+        listed = listing.keys if listing is not None else self.storage.find(prefix)
+        out = set()
+        for key in listed:
+            folder, _, base = key.rpartition("/")
+            if folder == prefix and len(base) == 12 and base.isdigit():
+                out.add(int(base))
+        return out
 
     # -- aliases -------------------------------------------------------------------------
     def alias_map(self, name: str) -> dict[str, int]:

@@ -7,6 +7,7 @@ facade's private parts. The commit protocol is docs/format.md's "Committing a ve
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -17,9 +18,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from .._config import FORMAT_VERSION
 from .._errors import ConflictError, IntegrityError, InvalidReferenceError, NotFoundError
@@ -61,6 +62,8 @@ from .version import ArtifactVersion
 
 logger = logging.getLogger("modelshelf")
 
+T = TypeVar("T")
+
 _SHELF_ID_RE = re.compile(r"[0-9a-f]{32}")
 #: How many renames of one name are followed before the chain is taken for a loop.
 MAX_RENAMES = 64
@@ -85,6 +88,8 @@ class Repository:
         self.labels = Labels(self.storage)
         self._root: Record | None = None
         self._init_lock = threading.Lock()
+        self._infos: dict[str, Record] = {}  # artifact.json records that decoded, by name
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # see _beside
 
     # -- the root record -----------------------------------------------------------------
     def info(self, *, create: bool) -> Record | None:
@@ -137,7 +142,7 @@ class Repository:
 
     def check_live(self, name: str) -> None:
         """NotFoundError if ``name`` was renamed: it says where the artifact went."""
-        if self.storage.try_read(ArtifactKeys(name).renamed) is not None:
+        if self.labels.try_read(ArtifactKeys(name).renamed) is not None:
             raise NotFoundError(
                 f"{name!r} was renamed to {self.current_name(name)!r}; use the new name.",
                 ref=name,
@@ -148,7 +153,7 @@ class Repository:
         seen = [name]
         while True:
             key = ArtifactKeys(seen[-1]).renamed
-            data = self.storage.try_read(key)
+            data = self.labels.try_read(key)
             if data is None:
                 return seen[-1]
             try:
@@ -167,18 +172,26 @@ class Repository:
                 )
             seen.append(target)
 
-    def artifact_info(self, name: str, wait: bool = False) -> Record | None:
+    def artifact_info(self, name: str, wait: bool = False, *, fresh: bool = False) -> Record | None:
         """``artifact.json`` of ``name``. One that does not decode (being written, or torn by a
         crash) reads as the type its versions were committed with, or as absent if none was;
-        with ``wait``, a fresh one is waited for, and a torn one is written again."""
+        with ``wait``, a fresh one is waited for, and a torn one is written again. ``fresh``:
+        read the shelf, not the listing in use (after a create found the key taken).
+
+        One that decodes is kept: it is written once and never changed."""
+        known = self._infos.get(name)
+        if known is not None:
+            return dict(known)
         key = ArtifactKeys(name).info
         first_seen: dict[str, tuple[float, int]] = {}
         while True:
-            data = self.storage.try_read(key)
+            data = self.storage.try_read(key) if fresh else self.labels.try_read(key)
             if data is None:
                 return None
             try:
-                return loads(data, self.storage.describe(key))
+                info = loads(data, self.storage.describe(key))
+                self._infos[name] = dict(info)
+                return info
             except UnreadableRecord:
                 if wait and not settled(self.storage, key, first_seen):
                     time.sleep(0.05)
@@ -186,10 +199,10 @@ class Repository:
             versions = self.labels.versions_log(name).all()
             if not versions:
                 return None
-            info = info_from_commit(name, versions[0][1])
+            rebuilt = info_from_commit(name, versions[0][1])
             if wait:  # write again what the torn record had to say
-                self.storage.replace(key, dumps(info))
-            return dict(info)
+                self.storage.replace(key, dumps(rebuilt))
+            return dict(rebuilt)
 
     def claim_name(self, name: str, type: str) -> None:
         """Make ``name`` an artifact of ``type``; ConflictError if it is one of another type,
@@ -201,7 +214,7 @@ class Repository:
             record: ArtifactInfo = {"name": name, "type": type, "created_at": isoformat(now())}
             if self.storage.create(key, dumps(record)):
                 return
-            existing = self.artifact_info(name, wait=True)  # another writer's, meanwhile
+            existing = self.artifact_info(name, wait=True, fresh=True)  # another's, meanwhile
             if existing is None:  # torn by a writer that crashed before its first version
                 self.storage.replace(key, dumps(record))
                 return
@@ -251,8 +264,30 @@ class Repository:
         nothing: that version is returned, with the tags and aliases applied.
         """
         self.info(create=True)
+        # Until the commit record is written, the name's records are read as of one listing
+        # (on an object store: its head, its name and the digest hint in one request, sent
+        # beside the read of the gc log).
+        floor = self._beside(lambda: gc_floor(self.storage))
+        with self.labels.listed(name):
+            return self._commit(
+                name, type, files, fields, aliases=aliases, run_id=run_id, created_at=created_at,
+                floor=floor,
+            )  # fmt: skip
+
+    def _commit(
+        self,
+        name: str,
+        type: str,
+        files: Mapping[str, Source | FileEntry],
+        fields: dict[str, Any],
+        *,
+        aliases: list[str],
+        run_id: str | None,
+        created_at: str | None,
+        floor: Callable[[], int],
+    ) -> ArtifactVersion:
         self.claim_name(name, type)
-        floor = gc_floor(self.storage)  # before any blob is looked at: see gc
+        gc_from = floor()  # before any blob is looked at: see gc
         sources = {
             rel: Referenced(item) if isinstance(item, FileEntry) else item
             for rel, item in sorted(files.items())
@@ -284,7 +319,9 @@ class Repository:
             "at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs),
             "manifests": [manifest_hex],
         }  # fmt: skip
-        self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
+        wrote_lease = self._beside(
+            lambda: self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
+        )
 
         def ensure() -> None:
             """Everything the commit references is there (stored again if gc took it)."""
@@ -295,8 +332,9 @@ class Repository:
                 self._put_manifest(manifest_hex, manifest_bytes)
 
         try:
-            self._put_manifest(manifest_hex, manifest_bytes)
-            settle_with_gc(self.storage, floor, ensure)
+            self._put_manifest(manifest_hex, manifest_bytes)  # beside the lease: see gc
+            wrote_lease()
+            settle_with_gc(self.storage, gc_from, ensure)
             record = {
                 "name": self.labels.stored_as(name),  # its folder's: the same after a rename
                 "type": type,
@@ -312,17 +350,50 @@ class Repository:
             version, _ = self.labels.versions_log(name).append(
                 lambda n, _head: {**record, "version": n}
             )
-        finally:
+        except BaseException:
+            with contextlib.suppress(Exception):
+                wrote_lease()  # not to delete it before it is written
             self.storage.delete(lease_key(lease))
-        with contextlib.suppress(OSError):
-            self.storage.replace(
-                self.labels.keys(name).digest(digest), str(version).encode(), durable=False
-            )
-        if run_id is not None:
-            self.record_edge(run_id, "outputs", name, version)
-        if aliases:
-            self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
-        return self._committed(name, version, {**record, "version": version}, aliases)
+            raise
+        dropped = self._beside(lambda: self.storage.delete(lease_key(lease)))
+        try:
+            return self._after_commit(name, version, record, digest, aliases, run_id)
+        finally:
+            dropped()
+
+    def _beside(self, fn: Callable[[], T]) -> Callable[[], T]:
+        """Start ``fn`` now and return what waits for its result. On an object store it runs
+        in a thread, beside the requests that follow; elsewhere it runs at once (a request
+        to a local disk costs less than a thread)."""
+        if not self.storage.lists_heads:
+            result = fn()
+            return lambda: result
+        with self._init_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(4, "modelshelf-requests")
+        return self._pool.submit(fn).result
+
+    def _after_commit(
+        self,
+        name: str,
+        version: int,
+        record: Record,
+        digest: str,
+        aliases: list[str],
+        run_id: str | None,
+    ) -> ArtifactVersion:
+        """The digest hint, lineage edge and aliases of a version just committed, and the
+        version: read afresh, not as of the listing the commit started from."""
+        with self.labels.fresh():
+            with contextlib.suppress(OSError):
+                self.storage.replace(
+                    self.labels.keys(name).digest(digest), str(version).encode(), durable=False
+                )
+            if run_id is not None:
+                self.record_edge(run_id, "outputs", name, version)
+            if aliases:
+                self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
+            return self._committed(name, version, {**record, "version": version}, aliases)
 
     def _committed(
         self, name: str, version: int, record: Record, aliases: list[str]
@@ -331,8 +402,10 @@ class Repository:
         yet, the aliases it moved and ``latest`` (a lookup from scratch costs a bucket nine
         reads; this, two). Renamed meanwhile, or a newer version committed meanwhile: it is
         looked up anew (under the new name)."""
-        if self.current_name(name) != name or self.labels.versions_log(name).slot(version + 1)[0]:
-            return self.get(f"{name}:v{version}", follow_renames=True)
+        with self.labels.listed(name):  # one request, on an object store
+            moved = self.current_name(name) != name
+            if moved or self.labels.versions_log(name).slot(version + 1)[0]:
+                return self.get(f"{name}:v{version}", follow_renames=True)
         return self._version(
             name, version, record, dict(initial_state(record)), dict.fromkeys(aliases, version),
             version,
@@ -348,7 +421,7 @@ class Repository:
             self.storage.replace(key, data)  # the bytes are fixed by the key: either is right
 
     def _identical(self, name: str, digest: str) -> ArtifactVersion | None:
-        data = self.storage.try_read(self.labels.keys(name).digest(digest))
+        data = self.labels.try_read(self.labels.keys(name).digest(digest))
         if data is None:
             return None
         try:
@@ -377,11 +450,25 @@ class Repository:
         saying where it went, or with ``follow_renames`` (for lineage edges recorded under
         the old name) resolves to the new one."""
         parsed = parse_ref(ref)
-        self.info(create=False)
         if follow_renames:
+            self.info(create=False)
             parsed = dataclasses.replace(parsed, name=self.current_name(parsed.name))
-        else:
-            self.check_live(parsed.name)
+        with self._reading(parsed.name):
+            if not follow_renames:
+                self.check_live(parsed.name)
+            self.labels.prefetch(parsed.name, [] if parsed.version is None else [parsed.version])
+            return self._get(parsed, ref)
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """Read ``name``'s records as of one listing (``Labels.listed``), the root record
+        checked first: on an object store, read beside the listing."""
+        root = self._beside(lambda: self.info(create=False))
+        with self.labels.listed(name):
+            root()
+            yield
+
+    def _get(self, parsed: Ref, ref: str) -> ArtifactVersion:
         aliases = self.labels.alias_map(parsed.name)
         newest = self._latest(parsed.name)
         latest = None if newest is None else newest[0]
@@ -409,6 +496,7 @@ class Repository:
                 f"newest version is v{latest}.",
                 ref=str(ref),
             )
+        self.labels.prefetch(parsed.name, [number])  # an alias's version, with its state
         record = log.get(number)
         if newest is not None and number == newest[0]:
             state: Record | None = newest[1]  # read just now, by _latest
@@ -459,17 +547,43 @@ class Repository:
     def versions(self, name: str) -> list[ArtifactVersion]:
         """Every version of ``name`` that was not deleted, oldest first."""
         validate_name(name)
-        self.info(create=False)
-        self.check_live(name)
-        records = self.labels.versions_log(name).all()
-        if not records:
+        with self._reading(name):
+            self.check_live(name)
+            return self._versions(name)
+
+    def _versions(self, name: str) -> list[ArtifactVersion]:
+        log = self.labels.versions_log(name)
+        gone = self.labels.marked_deleted(name)  # neither their records nor states are read
+        records = log.all(skip=gone)
+        if not records and not log.numbers():
             raise self.missing_artifact(Ref(name))
         aliases = self.labels.alias_map(name)
-        states = self.labels.all_states(name)
+        states = self.labels.all_states(name, skip=gone)
         live = [(n, rec, states.get(n, dict(initial_state(rec)))) for n, rec in records]
         live = [(n, rec, st) for n, rec, st in live if not st.get("deleted")]
         latest = live[-1][0] if live else None
         return [self._version(name, n, rec, st, aliases, latest) for n, rec, st in live]
+
+    def summary(self, name: str) -> Summary:
+        """How many versions of ``name`` are left and its newest (what ``modelshelf ls``
+        shows), reading neither every version nor every state: on an object store, one
+        listing and the newest version's record, and the state of any version changed but
+        not marked deleted."""
+        validate_name(name)
+        with self._reading(name):
+            self.check_live(name)
+            log = self.labels.versions_log(name)
+            gone = self.labels.marked_deleted(name)
+            states = self.labels.all_states(name, skip=gone)
+            live = [
+                n for n in log.numbers() if n not in gone and not states.get(n, {}).get("deleted")
+            ]
+            for n in reversed(live):
+                record = log.readable(n)
+                if record is not None:
+                    check_commit_record(self.labels.stored_as(name), n, record)
+                    return Summary(len(live), n, record)
+            return Summary(0, None, None)
 
     def folders(self, project: str | None = None) -> list[str]:
         """The name of every artifact folder, renamed names included, sorted."""
@@ -521,9 +635,10 @@ class Repository:
     def _latest(self, name: str) -> tuple[int, Record] | None:
         """The newest version of ``name`` that was not deleted, with its labels."""
         log = self.labels.versions_log(name)
-        n, _ = log.head()
+        n = log.head_number()
+        gone = self.labels.marked_deleted(name) if n >= 0 else set()
         while n >= 0:
-            record = log.readable(n)  # None: being written, or torn by a crash
+            record = None if n in gone else log.readable(n)  # None: also being written, or torn
             if record is not None:
                 state = self.labels.state(name, n, record)
                 if not state.get("deleted"):
@@ -548,6 +663,15 @@ class Repository:
                 "changed after it was written."
             )
         return Manifest.from_bytes(data, self.storage.describe(key))
+
+
+class Summary(NamedTuple):
+    """``Repository.summary``: how many versions are left, and the newest one's number and
+    commit record (None when none is left)."""
+
+    versions: int
+    latest: int | None
+    record: Record | None
 
 
 def info_from_commit(name: str, record: Record) -> ArtifactInfo:

@@ -325,7 +325,8 @@ class Run:
         with self._lock:
             if self._buffer:
                 rows = self._buffer
-                SeqLog(self._storage, self._keys.history).append(lambda _n, _h: {"rows": rows})
+                history = SeqLog(self._storage, self._keys.history, lists=False)  # long: a hint
+                history.append(lambda _n, _h: {"rows": rows})
                 self._buffer = []
             summary = clean_metadata(
                 {k: v for k, v in self.summary.items() if not _nan(v)}, "summary"

@@ -156,6 +156,16 @@ class ArtifactKeys:
         parts = key.split("/")
         return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else None
 
+    @property
+    def deleted(self) -> str:
+        """Markers of deleted versions (``deleted/<n>``), each written once the version's
+        ``deleted`` state is: a listing then tells which versions are gone without reading
+        their states. A version without one may still be deleted (an older writer's)."""
+        return f"{self.prefix}/deleted"
+
+    def deleted_marker(self, version: int) -> str:
+        return f"{self.deleted}/{version:012d}"
+
     def digest(self, digest: str) -> str:
         return f"{self.prefix}/digests/{digest.split(':', 1)[-1]}"
 

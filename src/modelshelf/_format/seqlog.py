@@ -6,7 +6,9 @@ loses re-reads the head and tries ``n + 1``. A record is only attempted once rec
 was seen, and records are never removed, so the numbers in use are always ``0..head``: the head
 is found by probing forward from a hint (``<prefix>/HEAD``), doubling the step, then bisecting.
 The hint is rewritten after each append; it may lag behind or even go back under races, which
-only costs a few more probes.
+only costs a few more probes. On an object store, where one listing costs one request, the
+head is the newest key a listing shows instead (no hint is read or written), and a ``Listing``
+of an artifact's folder taken once serves every log in it (see ``Labels.listed``).
 
 Where create-if-absent cannot write a record whole (no hard links, a generic fsspec backend),
 a slot can hold a record that does not decode: one still being written, or one a crash tore.
@@ -92,8 +94,46 @@ class RecordCache:
             self._data[key] = data
 
 
+class Listing:
+    """The keys under one prefix at one moment: one request on an object store.
+
+    Reads that go by a listing see the shelf as it was when it was taken: a key it does not
+    show is taken as absent without a request, and a log's head is its newest record key. A
+    record, once written, is never removed, so every record it shows can be read.
+    """
+
+    def __init__(self, storage: Storage, prefix: str) -> None:
+        self.prefix = prefix
+        self.keys = frozenset(storage.find(prefix))
+
+    def covers(self, key: str) -> bool:
+        return key.startswith(self.prefix + "/")
+
+    def has(self, key: str) -> bool:
+        return key in self.keys
+
+    def any_under(self, prefix: str) -> bool:
+        return any(k.startswith(prefix + "/") for k in self.keys)
+
+    def numbers(self, prefix: str) -> list[int]:
+        """The record numbers of the log under ``prefix``, as listed."""
+        out = []
+        for key in self.keys:
+            folder, _, _ = key.rpartition("/")
+            n = record_number(key) if folder == prefix else None
+            if n is not None:
+                out.append(n)
+        return sorted(out)
+
+
 class SeqLog:
-    """The numbered records under one prefix of a shelf."""
+    """The numbered records under one prefix of a shelf.
+
+    ``listing``: a ``Listing`` that covers the log, to read it as of that listing (an append
+    starts from it and lists again if it lost a race). ``lists``: whether the head may be found
+    by listing where the storage lists cheaply; a log that grows by the thousand (a run's
+    history) keeps its hint instead, since a listing costs a request per thousand keys.
+    """
 
     def __init__(
         self,
@@ -102,11 +142,15 @@ class SeqLog:
         *,
         hint: bool = True,
         cache: RecordCache | None = None,
+        listing: Listing | None = None,
+        lists: bool = True,
     ) -> None:
         self.storage = storage
         self.prefix = prefix
         self.hint = hint
         self.cache = cache
+        self.listing = listing if listing is not None and listing.covers(prefix + "/") else None
+        self.lists = lists and storage.lists_heads
 
     def key(self, n: int) -> str:
         return record_key(self.prefix, n)
@@ -117,6 +161,8 @@ class SeqLog:
         key = self.key(n)
         data = self.cache.get(key) if self.cache is not None else None
         if data is None:
+            if self.listing is not None and not self.listing.has(key):
+                return None
             data = self.storage.try_read(key)
             if data is None:
                 return None
@@ -157,7 +203,7 @@ class SeqLog:
         return record is not None and VOID in record
 
     def _read_hint(self) -> int:
-        if not self.hint:
+        if not self.hint or self.lists:
             return -1
         data = self.storage.try_read(head_key(self.prefix))
         try:
@@ -166,12 +212,21 @@ class SeqLog:
             return -1
 
     def _write_hint(self, n: int) -> None:
-        if self.hint:
+        if self.hint and not self.lists:
             self.storage.replace(head_key(self.prefix), str(n).encode(), durable=False)
 
     def _head(self) -> tuple[int, Record | None]:
         """``(n, record n)`` of the newest slot taken (the record None if it does not decode),
         or ``(-1, None)`` for an empty log."""
+        if self.listing is not None or self.lists:
+            listing = self.listing or Listing(self.storage, self.prefix)
+            numbers = listing.numbers(self.prefix)
+            if not numbers:
+                return -1, None
+            taken, rec = self.slot(numbers[-1])
+            if taken:
+                return numbers[-1], rec
+            # Listed but gone: set aside by fsck since; find it the long way.
         start = self._read_hint()
         known, known_rec = -1, None
         if start >= 0:
@@ -244,10 +299,14 @@ class SeqLog:
             if record is None:
                 assert head is not None
                 return n, head
-            if self.storage.create(self.key(n + 1), dumps(record)):
+            data = dumps(record)
+            if self.storage.create(self.key(n + 1), data):
+                if self.cache is not None:
+                    self.cache.put(self.key(n + 1), data)
                 with contextlib.suppress(OSError):
                     self._write_hint(n + 1)
                 return n + 1, record
+            self.listing = None  # it is behind: from now on, look afresh
             attempt += 1
             time.sleep(random.uniform(0, 0.002 * min(attempt, 50)))
         raise ConflictError(
@@ -255,23 +314,49 @@ class SeqLog:
             "attempts: too many writers at once. Try again."
         )
 
+    def head_number(self) -> int:
+        """The newest slot taken (-1: none), without reading it when a listing says."""
+        if self.listing is not None:
+            return max(self.listing.numbers(self.prefix), default=-1)
+        return self._head()[0]
+
+    def numbers(self) -> list[int]:
+        """The numbers of the records present (listed), oldest first, without reading any."""
+        if self.listing is not None:
+            return self.listing.numbers(self.prefix)
+        return sorted(
+            n
+            for k in self.storage.find(self.prefix)
+            if k.rpartition("/")[0] == self.prefix and (n := record_number(k)) is not None
+        )
+
     def all(
-        self, unreadable: Callable[[int, UnreadableRecord], None] | None = None
+        self,
+        unreadable: Callable[[int, UnreadableRecord], None] | None = None,
+        skip: set[int] | frozenset[int] = frozenset(),
     ) -> list[tuple[int, Record]]:
-        """Every record that decodes, oldest first (one listing plus concurrent reads).
+        """Every record that decodes, oldest first (one listing plus concurrent reads), but
+        those numbered in ``skip`` (not read).
 
         A record that does not decode is left out (it is being written, or was torn by a
         crash), and passed to ``unreadable`` when given.
         """
-        numbers = {k: record_number(k) for k in self.storage.find(self.prefix)}
-        keys = [k for k, n in numbers.items() if n is not None]
-        got = self.storage.read_many(keys)
+        listed = self.listing.keys if self.listing is not None else self.storage.find(self.prefix)
+        numbers = {
+            k: record_number(k) for k in sorted(listed) if k.rpartition("/")[0] == self.prefix
+        }
+        keys = [k for k, n in numbers.items() if n is not None and n not in skip]
+        cache = self.cache
+        got = {k: d for k in keys if cache is not None and (d := cache.get(k)) is not None}
+        got.update(self.storage.read_many([k for k in keys if k not in got]))
         out = []
         for key in keys:
             n = numbers[key]
             if n is not None and key in got:
                 try:
                     record = loads(got[key], self.storage.describe(key))
+                    if cache is not None:
+                        cache.put(key, got[key])  # it decoded: it never changes again
                     if VOID not in record:
                         out.append((n, record))
                 except UnreadableRecord as exc:

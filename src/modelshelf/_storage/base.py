@@ -94,6 +94,10 @@ class Storage:
     #: store: known bytes are then not uploaded at all).
     hash_before_upload: ClassVar[bool] = False
 
+    #: Whether one listing of a prefix is as cheap as one read (an object store: one request
+    #: per thousand keys). Logs of records then find their head by listing, not by probing.
+    lists_heads: ClassVar[bool] = False
+
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
@@ -173,7 +177,7 @@ class Storage:
         """When ``key`` was last written, if the filesystem says; FileNotFoundError if absent."""
         path = self.path(key)
         self.fs.invalidate_cache(path)
-        return _mtime(self.fs.info(path))
+        return mtime(self.fs.info(path))
 
     def find(self, prefix: str) -> list[str]:
         """Return every key under ``prefix`` (recursively), sorted."""
@@ -191,7 +195,7 @@ class Storage:
         for p, info in found.items():
             key = self._relative(p)
             if key is not None:
-                out[key] = (int(info.get("size") or 0), _mtime(info))
+                out[key] = (int(info.get("size") or 0), mtime(info))
         return out
 
     def listdir(self, prefix: str) -> list[str]:
@@ -312,7 +316,7 @@ class Storage:
         return digest, size
 
 
-def _mtime(info: dict[str, Any]) -> _dt.datetime | None:
+def mtime(info: dict[str, Any]) -> _dt.datetime | None:
     for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
         value = info.get(key)
         if isinstance(value, _dt.datetime):

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import os
 from collections.abc import Iterable
 from typing import Any
 
-from .base import IN_MEMORY, ChangedWhileReading, Chunks, KeyFor, Storage
+from . import base
+from .base import (
+    IN_MEMORY,
+    ChangedWhileReading,
+    Chunks,
+    KeyFor,
+    Storage,
+    mtime,
+    too_large,
+)
 from .hashing import file_chunks, hash_chunks, write_hashed
 
 PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
@@ -22,9 +32,68 @@ class ObjectStoreStorage(Storage):
 
     hash_before_upload = True
     creates_can_tear = False
+    lists_heads = True
 
     def _parent(self, key: str) -> None:
         pass  # keys need no folders
+
+    # Reads are one request each: fsspec's generic ``exists``, ``info`` and ``cat`` ask again
+    # with a listing when a key is missing (it could be a "folder"); a shelf's keys never are.
+    def read(self, key: str) -> bytes:
+        try:
+            return super().read(key)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if self.size(key) == 0:  # an empty object refuses any range
+                return b""
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.fs.cat_file(self.path(key), start=0, end=1)
+        except FileNotFoundError:
+            return False
+        except OSError:  # an empty object refuses a range: ask the long way
+            return super().exists(key)
+        return True
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        paths = [self.path(k) for k in keys]
+        limit = base.MAX_READ_BYTES
+        got = self.fs.cat_ranges(
+            paths, [0] * len(paths), [limit + 1] * len(paths), on_error="return"
+        )
+        out: dict[str, bytes] = {}
+        for key, value in zip(keys, got, strict=True):
+            if isinstance(value, (bytes, bytearray)):
+                if len(value) > limit:
+                    raise too_large(self.describe(key))
+                out[key] = bytes(value)
+            elif not isinstance(value, FileNotFoundError):
+                data = self.try_read(key)  # an empty object, or the error again, raised
+                if data is not None:
+                    out[key] = data
+        return out
+
+    def find_detailed(self, prefix: str) -> dict[str, tuple[int, _dt.datetime | None]]:
+        # One listing of the keys that begin with ``prefix/``, asked of its parent: listing
+        # the prefix itself costs two more requests when nothing is under it.
+        if not prefix:
+            return super().find_detailed(prefix)
+        parent, _, leaf = self.path(prefix).rpartition("/")
+        try:
+            found = self.fs.find(parent, prefix=leaf + "/", detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for p, info in found.items():
+            key = self._relative(p)
+            if key is not None and key.startswith(prefix + "/"):
+                out[key] = (int(info.get("size") or 0), mtime(info))
+        return out
 
     def create(self, key: str, data: bytes) -> bool:
         try:

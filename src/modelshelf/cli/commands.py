@@ -16,6 +16,7 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,9 +30,10 @@ from rich.text import Text
 from .. import cache
 from .._api import shelf as default_shelf
 from .._config import cache_dir
-from .._errors import IntegrityError, InvalidArgumentError, ModelshelfError
+from .._errors import IntegrityError, InvalidArgumentError, ModelshelfError, NotFoundError
 from .._features.cleanup import storage_report
 from .._features.diff import metrics_of
+from .._format.records import parse_time
 from .._progress import PROGRESS_MIN_BYTES, human_size, listening
 from .._shelf import Shelf
 
@@ -108,6 +110,14 @@ def _main(
     state.debug = debug
 
 
+def _summary(repo: Any, name: str) -> Any:
+    """``repo.summary(name)``, or None for a name that was renamed."""
+    try:
+        return repo.summary(name)
+    except NotFoundError:
+        return None
+
+
 @app.command("ls")
 def ls(
     name: Annotated[str | None, typer.Argument(help="An artifact: list its versions.")] = None,
@@ -120,19 +130,24 @@ def ls(
     shelf = _shelf()
     if name is None:
         rows = []
-        for n in shelf.artifacts(type=type_):
-            versions = shelf.versions(n)
-            if not versions:
-                continue  # every version deleted (rm NAME --all): the name is only reserved
-            last = versions[-1]
+        repo = shelf.repository
+        # A summary per name (not every version, see Repository.summary), several at once:
+        # on a bucket each is a listing and a read. A renamed name is left out.
+        names = shelf.artifacts(type=type_) if type_ else repo.folders()
+        with ThreadPoolExecutor(8) as pool:
+            summaries = list(pool.map(lambda n: _summary(repo, n), names))
+        for n, summary in zip(names, summaries, strict=True):
+            record = summary.record if summary is not None else None
+            if summary is None or record is None:
+                continue  # renamed; or every version deleted (rm NAME --all): a reserved name
             rows.append(
                 {
                     "name": n,
-                    "type": last.type if last else None,
-                    "versions": len(versions),
-                    "latest": last.ref if last else None,
-                    "size": last.size if last else 0,
-                    "updated": last.created_at.isoformat() if last else None,
+                    "type": record["type"],
+                    "versions": summary.versions,
+                    "latest": f"{n}:v{summary.latest}",
+                    "size": record["size"],
+                    "updated": parse_time(record["created_at"]).isoformat(),
                 }
             )
         if as_json:
