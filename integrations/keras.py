@@ -9,20 +9,34 @@ Works under every Keras backend (TensorFlow, torch, JAX). Usage::
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np  # Keras's own dependency
+
 from modelshelf._deps import require
 from modelshelf._errors import ConflictError
-from modelshelf._models.keras import KERAS_FILE, keras_parts, keras_weights_parts
+from modelshelf._models.keras import (
+    KERAS_FILE,
+    WEIGHTS_FILE,
+    keras_info,
+    keras_parts,
+    keras_weights_info,
+    keras_weights_parts,
+)
 from modelshelf._training.engine import CheckpointEngine, Parts, keras_like_mode, scalar_metrics
 from modelshelf._training.options import make_options, signature_with
 
 keras = require("keras", "modelshelf.integrations.keras")
+logger = logging.getLogger("modelshelf")
 
 DEFAULT_MONITOR = "val_loss"  # as keras.callbacks.ModelCheckpoint
 
@@ -64,6 +78,7 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         )
         self._resumed: Any = None
         self._first_epoch = True
+        self._shadow: _Shadow | bool | None = None  # None: not tried yet; False: cannot be
 
     @property
     def initial_epoch(self) -> int:
@@ -89,6 +104,7 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         config["compile"] = model.get_compile_config() or {}  # loss, metrics, ... as given
         config["keras"] = keras.__version__
         self._first_epoch = True
+        self._shadow = None  # the model may have been compiled anew since the last fit
         self.engine.begin(config, is_writer=_is_chief())
         if self.engine.resume and self.initial_epoch > 0:
             self._restore()
@@ -122,9 +138,17 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
             return
         decision = self.engine.check(metrics)
         model, weights_only = self.model, self.engine.save_weights_only
+        if self._shadow is None and self.engine.wants_snapshot(decision) and self.engine.is_writer:
+            self._shadow = _Shadow.of(model) or False
 
         def snapshot() -> Parts:
-            # Keras writes its archive itself: done here, on the training thread; hashing and
+            shadow = self._shadow
+            if isinstance(shadow, _Shadow):  # training waits for the copy; the archive is
+                # made in the background
+                info = keras_weights_info() if weights_only else keras_info(model)
+                file, made, cleanup = shadow.archive(shadow.copy(model), weights_only)
+                return Parts({}, info, {file: made}, cleanup=cleanup)
+            # Keras writes its archive itself: here, on the training thread; hashing and
             # storing it happen in the background.
             tmp = Path(tempfile.mkdtemp(prefix="modelshelf-keras-"))
             cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
@@ -135,6 +159,86 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self.engine.end()
+
+
+class _Shadow:
+    """A second model like the one in training (``keras.models.clone_model``, compiled the
+    same), which the writer thread fills with a copy of the weights and optimizer variables
+    and saves: training waits only for that copy to host memory, not for the archive.
+
+    ``of`` returns None for a model it cannot stand in for: one that cannot be cloned (a
+    subclassed model without ``get_config``), or whose clone does not hold the same variables
+    in the same shapes. Such a model is saved on the training thread, as Keras's own
+    ``ModelCheckpoint`` does.
+    """
+
+    def __init__(self, model: Any) -> None:
+        clone = keras.models.clone_model(model)
+        compiled = model.get_compile_config()
+        if compiled:
+            clone.compile_from_config(compiled)
+        optimizer = getattr(clone, "optimizer", None)
+        if (
+            optimizer is not None
+            and getattr(model.optimizer, "built", False)
+            and not optimizer.built
+        ):
+            optimizer.build(clone.trainable_variables)
+        self.model = clone
+        ours, theirs = _variables(clone), _variables(model)
+        if [tuple(v.shape) for v in ours] != [tuple(v.shape) for v in theirs]:
+            raise ValueError("the clone's variables differ from the model's")
+
+    @classmethod
+    def of(cls, model: Any) -> _Shadow | None:
+        try:
+            return cls(model)
+        except Exception as exc:
+            logger.info(
+                "ShelfCheckpoint: %s cannot be cloned (%s); its checkpoints are saved on the "
+                "training thread", type(model).__qualname__, exc,
+            )  # fmt: skip
+            return None
+
+    def copy(self, model: Any) -> list[Any]:
+        """The values of ``model``'s variables, copied to host memory (on the training thread)."""
+        return [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in _variables(model)]
+
+    def archive(
+        self, arrays: list[Any], weights_only: bool
+    ) -> tuple[str, Callable[[Path], None], Callable[[], None]]:
+        """Start making the archive of those values, in the background; return its file name,
+        what puts it at a path once made (for ``Parts.files``) and what removes it.
+
+        It is made on a thread of its own, started now, not by the writer: the writer may
+        run at interpreter exit (fit died; no hook says so), when h5py can no longer write.
+        Threads of a ``ThreadPoolExecutor`` are joined before exit handlers run."""
+        file = WEIGHTS_FILE if weights_only else KERAS_FILE
+        tmp = Path(tempfile.mkdtemp(prefix="modelshelf-keras-"))
+        made = _archivist().submit(self._save, arrays, tmp / file, weights_only)
+
+        def place(path: Path) -> None:
+            made.result()
+            os.replace(tmp / file, path)
+
+        return file, place, lambda: shutil.rmtree(tmp, ignore_errors=True)
+
+    def _save(self, arrays: list[Any], path: Path, weights_only: bool) -> None:
+        for variable, value in zip(_variables(self.model), arrays, strict=True):
+            variable.assign(value)
+        (self.model.save_weights if weights_only else self.model.save)(path)
+
+
+@functools.cache
+def _archivist() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that makes archives from shadows, one at a time."""
+    return concurrent.futures.ThreadPoolExecutor(1, "modelshelf-keras")
+
+
+def _variables(model: Any) -> list[Any]:
+    """Everything a checkpoint holds: the model's weights, then its optimizer's variables."""
+    optimizer = getattr(model, "optimizer", None)
+    return [*model.weights, *(optimizer.variables if optimizer is not None else [])]
 
 
 ShelfCheckpoint.__init__.__signature__ = signature_with(  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,78 @@ def test_a_lambda_layer_is_refused_without_allow_pickle(tmp_path: Path) -> None:
     loaded = shelf.load_model("doubler", allow_pickle=True)
     out = loaded.predict(np.ones((1, 3), dtype="float32"), verbose=0)
     assert out.tolist() == [[2.0, 2.0, 2.0]]
+
+
+class Weights(keras.callbacks.Callback):
+    """The model's weights and optimizer step at each epoch's end (after ShelfCheckpoint)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[list[np.ndarray], int]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.seen.append(([np.array(w) for w in self.model.get_weights()], step))
+
+
+def test_each_checkpoint_holds_its_epoch_although_it_is_made_in_the_background(
+    tmp_path: Path,
+) -> None:
+    """The archive is made from a copy on another thread while the next epochs train: each
+    version holds exactly the weights and optimizer step of its own epoch."""
+    import modelshelf.integrations.keras as integration
+
+    class Release(keras.callbacks.Callback):
+        """Lets archives be made only once epoch 1 has trained a few batches."""
+
+        def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+            if self.epoch >= 1 and batch >= 2:
+                gate.set()
+
+    gate = threading.Event()
+    integration._archivist().submit(gate.wait, 60)  # holds the archive of epoch 0 back
+    shelf = ms.Shelf(tmp_path / "shelf")
+    seen = Weights()
+    cb = ShelfCheckpoint("net", shelf=shelf, monitor="score", save="all")
+    fit(cb, 4, extra=[seen, Release()])
+    assert gate.is_set()
+    versions = shelf.versions("net")
+    assert [v.metadata["epoch"] for v in versions] == [0, 1, 2, 3]
+    for version, (weights, step) in zip(versions, seen.seen, strict=True):
+        loaded = keras.models.load_model(version.path("model.keras"))
+        for got, want in zip(loaded.get_weights(), weights, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == step
+    assert len({seen.seen[i][1] for i in range(4)}) == 4  # training did move on between them
+
+
+class Unclonable(keras.Model):  # type: ignore[misc]
+    """A subclassed model without get_config: it cannot be cloned, so it is saved as is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = keras.layers.Dense(16, activation="relu")
+        self.out = keras.layers.Dense(10)
+
+    def call(self, x: object) -> object:
+        return self.out(self.hidden(keras.ops.reshape(x, (-1, 64))))
+
+
+def test_a_model_that_cannot_be_cloned_is_checkpointed_on_the_training_thread(
+    tmp_path: Path,
+) -> None:
+    shelf = ms.Shelf(tmp_path / "shelf")
+    x, y = data()
+    model = Unclonable()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    seen = Weights()
+    cb = ShelfCheckpoint("sub", shelf=shelf, monitor="loss", save_weights_only=True, save="all")
+    model.fit(x[:128], y[:128], epochs=2, verbose=0, callbacks=[cb, seen])
+    fresh = Unclonable()
+    fresh(x[:1])
+    fresh.load_weights(shelf.get("sub:v0").path("model.weights.h5"))
+    for got, want in zip(fresh.get_weights(), seen.seen[0][0], strict=True):
+        np.testing.assert_array_equal(got, want)

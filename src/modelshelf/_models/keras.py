@@ -21,9 +21,14 @@ WEIGHTS_FILE = "model.weights.h5"
 
 def keras_parts(model: Any, tmp: Path) -> tuple[dict[str, LocalFile], dict[str, Any]]:
     """Save ``model``'s ``.keras`` archive under ``tmp``; the file and what describes it."""
-    keras = require("keras", "Logging a Keras model")
     path = tmp / KERAS_FILE
     model.save(path)
+    return {KERAS_FILE: LocalFile(path)}, keras_info(model)
+
+
+def keras_info(model: Any) -> dict[str, Any]:
+    """What describes ``model``'s ``.keras`` archive in a version's metadata."""
+    keras = require("keras", "Logging a Keras model")
     info: dict[str, Any] = {
         "format": "keras",
         "framework": "keras",
@@ -40,18 +45,22 @@ def keras_parts(model: Any, tmp: Path) -> tuple[dict[str, LocalFile], dict[str, 
             info[key] = clean_metadata({"s": shape})["s"]
         except Exception:  # a subclassed or unbuilt model has none
             continue
-    return {KERAS_FILE: LocalFile(path)}, info
+    return info
 
 
 def keras_weights_parts(model: Any, tmp: Path) -> tuple[dict[str, LocalFile], dict[str, Any]]:
     """Save only ``model``'s weights (``.weights.h5``) under ``tmp``."""
-    keras = require("keras", "Logging Keras weights")
     model.save_weights(tmp / WEIGHTS_FILE)
-    info = {
+    return {WEIGHTS_FILE: LocalFile(tmp / WEIGHTS_FILE)}, keras_weights_info()
+
+
+def keras_weights_info() -> dict[str, Any]:
+    """What describes a ``.weights.h5`` file in a version's metadata."""
+    keras = require("keras", "Logging Keras weights")
+    return {
         "format": "keras", "framework": "keras", "file": WEIGHTS_FILE,
         "weights_only": True, "backend": keras.backend.backend(),
     }  # fmt: skip
-    return {WEIGHTS_FILE: LocalFile(tmp / WEIGHTS_FILE)}, info
 
 
 def load_keras(path: Path, model: Any, allow_pickle: bool, shown_as: str) -> Any:

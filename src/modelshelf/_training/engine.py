@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -444,21 +445,24 @@ class CheckpointEngine:
         point_state = {**self.state_dict(), "best": decision.best, "phase": self.phase}
 
         def write() -> None:
-            with tempfile.TemporaryDirectory(prefix="modelshelf-ckpt-") as tmp:
-                try:
-                    files = dict(parts.blobs)
-                    for file_name, write_file in parts.files.items():
-                        path = Path(tmp) / file_name
-                        write_file(path)
-                        files[file_name] = LocalFile(path)
-                    version = None
-                    if decision.save:
-                        version = self._write(files, parts.info, meta, aliases)
-                    if self.keeps_points:
-                        self._write_point(files, parts.info, meta, version, point_state)
-                finally:
-                    if parts.cleanup is not None:
-                        parts.cleanup()
+            # mkdtemp, not TemporaryDirectory: its finalizer removes the folder at exit, under
+            # a write that is finishing then (fit died; the writer is waited for at exit).
+            tmp = tempfile.mkdtemp(prefix="modelshelf-ckpt-")
+            try:
+                files = dict(parts.blobs)
+                for file_name, write_file in parts.files.items():
+                    path = Path(tmp) / file_name
+                    write_file(path)
+                    files[file_name] = LocalFile(path)
+                version = None
+                if decision.save:
+                    version = self._write(files, parts.info, meta, aliases)
+                if self.keeps_points:
+                    self._write_point(files, parts.info, meta, version, point_state)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if parts.cleanup is not None:
+                    parts.cleanup()
             if version is None:
                 return
             if decision.improved:
