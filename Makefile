@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 CHECKED := src integrations tests examples benchmarks
 
-.PHONY: install demo test test-fast lint typecheck bench clean
+.PHONY: install demo test test-fast lint typecheck bench bench-large clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: install $(BENCH)/.stamp
 	for b in store models dedup callbacks callbacks_frameworks request_counts peers; do \
 		$(BENCH)/bin/python benchmarks/$$b.py || exit 1; done
 	$(BENCH)/bin/python benchmarks/summary.py
+
+# The same de-duplication and MLflow figures at 1 GiB, 10 checkpoints (about half an hour):
+# results/dedup_1024mib.json and peers_1024mib.json.
+bench-large: install $(BENCH)/.stamp
+	$(BENCH)/bin/python benchmarks/dedup.py --mib 1024 --checkpoints 10 --repeat 1
+	$(BENCH)/bin/python benchmarks/peers.py --mib 1024 --checkpoints 10 --repeat 1
 
 clean:
 	rm -rf $(VENV) $(BENCH) build dist .pytest_cache .mypy_cache .ruff_cache

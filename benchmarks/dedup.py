@@ -146,7 +146,9 @@ def main() -> None:
     print(f"model: {nbytes(model) / 2**20:.0f} MiB ({depth} frozen {WIDTH}x{WIDTH} + head)\n")
     for step, value, goal in rows:
         print(f"{step:<42}{value:>18}  {goal}")
-    print(f"\nwrote {save_results('dedup', results)}")
+    print(
+        f"\nwrote {save_results('dedup' if args.mib == 100 else f'dedup_{args.mib}mib', results)}"
+    )
 
 
 if __name__ == "__main__":

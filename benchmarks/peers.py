@@ -166,7 +166,7 @@ def main() -> None:
         f"{f'storage of {n} checkpoints / one model':<44}"
         f"{out['mlflow_storage_ratio']:>16.2f}x{out['modelshelf_storage_ratio']:>17.2f}x"
     )
-    print(f"\nwrote {save_results('peers', out)}")
+    print(f"\nwrote {save_results('peers' if args.mib == 100 else f'peers_{args.mib}mib', out)}")
 
 
 if __name__ == "__main__":

@@ -92,16 +92,6 @@ class Labels:
         finally:
             del stack[depth:]
 
-    @contextlib.contextmanager
-    def fresh(self) -> Iterator[None]:
-        """Within this block, this thread reads the shelf itself, not the listings in use."""
-        stack = self._listings()
-        self._local.stack = []
-        try:
-            yield
-        finally:
-            self._local.stack = stack
-
     def _listings(self) -> list[Listing]:
         stack: list[Listing] | None = getattr(self._local, "stack", None)
         if stack is None:

@@ -269,92 +269,76 @@ class Repository:
         # beside the read of the gc log).
         floor = self._beside(lambda: gc_floor(self.storage))
         with self.labels.listed(name):
-            return self._commit(
-                name, type, files, fields, aliases=aliases, run_id=run_id, created_at=created_at,
-                floor=floor,
-            )  # fmt: skip
-
-    def _commit(
-        self,
-        name: str,
-        type: str,
-        files: Mapping[str, Source | FileEntry],
-        fields: dict[str, Any],
-        *,
-        aliases: list[str],
-        run_id: str | None,
-        created_at: str | None,
-        floor: Callable[[], int],
-    ) -> ArtifactVersion:
-        self.claim_name(name, type)
-        gc_from = floor()  # before any blob is looked at: see gc
-        sources = {
-            rel: Referenced(item) if isinstance(item, FileEntry) else item
-            for rel, item in sorted(files.items())
-        }
-        entries: dict[str, FileEntry] = {}
-        by_hex: dict[str, Source] = {}
-        for rel, source in sources.items():
-            entries[rel] = source.store(self)
-            by_hex.update(dict.fromkeys(entries[rel].blob_hexes(), source))
-        manifest = Manifest(entries)
-        digest = manifest.digest()
-        existing = self._identical(name, digest)
-        if existing is not None:
-            logger.warning(
-                "%s holds the same content as this log; no new version was created.", existing.ref
-            )
-            if fields.get("tags"):
-                existing.add_tags(*fields["tags"])
-            if aliases:
-                self.labels.move_aliases(
-                    name, dict.fromkeys(aliases, existing.version), run_id=run_id
-                )
-            return self.get(existing.ref, follow_renames=True)
-        lease = uuid.uuid4().hex
-        blobs = manifest.blob_hexes()
-        manifest_bytes = manifest.to_bytes()
-        manifest_hex = hashlib.sha256(manifest_bytes).hexdigest()  # its key, as Manifest.sha256
-        lease_record: LeaseRecord = {
-            "at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs),
-            "manifests": [manifest_hex],
-        }  # fmt: skip
-        wrote_lease = self._beside(
-            lambda: self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
-        )
-
-        def ensure() -> None:
-            """Everything the commit references is there (stored again if gc took it)."""
-            for hexdigest in sorted(blobs):
-                if not self.storage.exists(blob_key(hexdigest)):
-                    by_hex[hexdigest].store(self)
-            if not self.storage.exists(manifest_key(manifest_hex)):
-                self._put_manifest(manifest_hex, manifest_bytes)
-
-        try:
-            self._put_manifest(manifest_hex, manifest_bytes)  # beside the lease: see gc
-            wrote_lease()
-            settle_with_gc(self.storage, gc_from, ensure)
-            record = {
-                "name": self.labels.stored_as(name),  # its folder's: the same after a rename
-                "type": type,
-                "digest": digest,
-                "manifest": manifest_hex,
-                "size": manifest.size,
-                "file_count": len(manifest.files),
-                "created_at": created_at or isoformat(now()),
-                "created_by": writer_info(),
-                "run_id": run_id,
-                **fields,
+            self.claim_name(name, type)
+            gc_from = floor()  # before any blob is looked at: see gc
+            sources = {
+                rel: Referenced(item) if isinstance(item, FileEntry) else item
+                for rel, item in sorted(files.items())
             }
-            version, _ = self.labels.versions_log(name).append(
-                lambda n, _head: {**record, "version": n}
+            entries: dict[str, FileEntry] = {}
+            by_hex: dict[str, Source] = {}
+            for rel, source in sources.items():
+                entries[rel] = source.store(self)
+                by_hex.update(dict.fromkeys(entries[rel].blob_hexes(), source))
+            manifest = Manifest(entries)
+            digest = manifest.digest()
+            existing = self._identical(name, digest)
+            if existing is not None:
+                logger.warning(
+                    "%s holds the same content as this log; no new version was created.",
+                    existing.ref,
+                )
+                if fields.get("tags"):
+                    existing.add_tags(*fields["tags"])
+                if aliases:
+                    self.labels.move_aliases(
+                        name, dict.fromkeys(aliases, existing.version), run_id=run_id
+                    )
+                return self.get(existing.ref, follow_renames=True)
+            lease = uuid.uuid4().hex
+            blobs = manifest.blob_hexes()
+            manifest_bytes = manifest.to_bytes()
+            manifest_hex = hashlib.sha256(manifest_bytes).hexdigest()  # its key, as Manifest.sha256
+            lease_record: LeaseRecord = {
+                "at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs),
+                "manifests": [manifest_hex],
+            }  # fmt: skip
+            wrote_lease = self._beside(
+                lambda: self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
             )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                wrote_lease()  # not to delete it before it is written
-            self.storage.delete(lease_key(lease))
-            raise
+
+            def ensure() -> None:
+                """Everything the commit references is there (stored again if gc took it)."""
+                for hexdigest in sorted(blobs):
+                    if not self.storage.exists(blob_key(hexdigest)):
+                        by_hex[hexdigest].store(self)
+                if not self.storage.exists(manifest_key(manifest_hex)):
+                    self._put_manifest(manifest_hex, manifest_bytes)
+
+            try:
+                self._put_manifest(manifest_hex, manifest_bytes)  # beside the lease: see gc
+                wrote_lease()
+                settle_with_gc(self.storage, gc_from, ensure)
+                record = {
+                    "name": self.labels.stored_as(name),  # its folder's: the same after a rename
+                    "type": type,
+                    "digest": digest,
+                    "manifest": manifest_hex,
+                    "size": manifest.size,
+                    "file_count": len(manifest.files),
+                    "created_at": created_at or isoformat(now()),
+                    "created_by": writer_info(),
+                    "run_id": run_id,
+                    **fields,
+                }
+                version, _ = self.labels.versions_log(name).append(
+                    lambda n, _head: {**record, "version": n}
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    wrote_lease()  # not to delete it before it is written
+                self.storage.delete(lease_key(lease))
+                raise
         dropped = self._beside(lambda: self.storage.delete(lease_key(lease)))
         try:
             return self._after_commit(name, version, record, digest, aliases, run_id)
@@ -383,17 +367,16 @@ class Repository:
         run_id: str | None,
     ) -> ArtifactVersion:
         """The digest hint, lineage edge and aliases of a version just committed, and the
-        version: read afresh, not as of the listing the commit started from."""
-        with self.labels.fresh():
-            with contextlib.suppress(OSError):
-                self.storage.replace(
-                    self.labels.keys(name).digest(digest), str(version).encode(), durable=False
-                )
-            if run_id is not None:
-                self.record_edge(run_id, "outputs", name, version)
-            if aliases:
-                self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
-            return self._committed(name, version, {**record, "version": version}, aliases)
+        version."""
+        with contextlib.suppress(OSError):
+            self.storage.replace(
+                self.labels.keys(name).digest(digest), str(version).encode(), durable=False
+            )
+        if run_id is not None:
+            self.record_edge(run_id, "outputs", name, version)
+        if aliases:
+            self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
+        return self._committed(name, version, {**record, "version": version}, aliases)
 
     def _committed(
         self, name: str, version: int, record: Record, aliases: list[str]
