@@ -108,6 +108,34 @@ def test_a_version_being_written_is_waited_for(tmp_path: Path) -> None:
     assert seen == [v1.ref] and time.monotonic() - started >= 0.35
 
 
+def test_an_alias_move_being_written_is_waited_for(tmp_path: Path) -> None:
+    """An alias record that does not decode yet when the watcher first sees the log grow is
+    read again until it does: its move is called back, not lost."""
+    shelf = ms.Shelf(tmp_path / "shelf")
+    v0 = log(shelf, tmp_path, "m", "0")
+    v0.set_alias("production")
+    record = next(p for p in (tmp_path / "shelf").rglob("aliases/000000000000.json"))
+    whole = record.read_bytes()
+    record.write_bytes(whole[: len(whole) // 2])  # as a reader sees a create in progress
+    seen: list[str] = []
+
+    def finish_writing() -> None:
+        time.sleep(0.4)
+        record.write_bytes(whole)
+
+    thread = threading.Thread(target=finish_writing)
+    thread.start()
+    stop = threading.Event()
+    threading.Timer(10, stop.set).start()  # fail, not hang, if the move is lost
+    watcher = ms.Shelf(tmp_path / "shelf")  # another process's view: not what this one wrote
+    watcher.watch(
+        "m", lambda v: seen.append(v.ref), alias="production", poll=0.05, max_events=1, stop=stop
+    )
+    stop.set()
+    thread.join()
+    assert seen == [v0.ref]
+
+
 EVAL = """
 import os, sys, time
 with open(sys.argv[2], "a") as f:

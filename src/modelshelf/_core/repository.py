@@ -366,17 +366,23 @@ class Repository:
         aliases: list[str],
         run_id: str | None,
     ) -> ArtifactVersion:
-        """The digest hint, lineage edge and aliases of a version just committed, and the
-        version."""
-        with contextlib.suppress(OSError):
-            self.storage.replace(
-                self.labels.keys(name).digest(digest), str(version).encode(), durable=False
-            )
-        if run_id is not None:
-            self.record_edge(run_id, "outputs", name, version)
-        if aliases:
-            self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
-        return self._committed(name, version, {**record, "version": version}, aliases)
+        """The digest hint (written beside the rest), lineage edge and aliases of a version
+        just committed, and the version."""
+
+        def hint() -> None:
+            with contextlib.suppress(OSError):
+                key = self.labels.keys(name).digest(digest)
+                self.storage.replace(key, str(version).encode(), durable=False)
+
+        hinted = self._beside(hint)
+        try:
+            if run_id is not None:
+                self.record_edge(run_id, "outputs", name, version)
+            if aliases:
+                self.labels.move_aliases(name, dict.fromkeys(aliases, version), run_id=run_id)
+            return self._committed(name, version, {**record, "version": version}, aliases)
+        finally:
+            hinted()
 
     def _committed(
         self, name: str, version: int, record: Record, aliases: list[str]

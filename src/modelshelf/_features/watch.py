@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidArgumentError
 from .._format.names import LATEST, validate_alias, validate_name
+from .._format.records import UnreadableRecord
 from .._format.seqlog import settled
 
 if TYPE_CHECKING:
@@ -117,14 +118,25 @@ def _new_versions(
     (so the caller saves it after handling one)."""
     if alias is not None:
         # One head probe per cycle; the history is read only when the alias log grew.
-        head = repo.labels.log(repo.labels.keys(name).aliases).head()[0]
+        log = repo.labels.log(repo.labels.keys(name).aliases)
+        head = log.head()[0]
         if head == seen.alias_head:
             return
+        # If the head decodes now, so does every record before it, and the history read
+        # next holds all their moves; if not (being written, or torn by a crash), the
+        # history is read again at the next poll.
+        whole = True
+        if head >= 0:
+            try:
+                log.raw(head)
+            except UnreadableRecord:
+                whole = False
         for event in repo.labels.alias_history(name, alias)[state.moves :]:
             state.moves += 1
             if event.version is not None:
                 yield repo.get(f"{name}:v{event.version}")
-        seen.alias_head = head
+        if whole:
+            seen.alias_head = head
         return
     versions = repo.labels.versions_log(name)
     head = versions.head()[0]
