@@ -16,29 +16,37 @@ def load(name: str) -> dict:  # type: ignore[type-arg]
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def peer_rows(peers: dict) -> list[tuple[str, float, float]]:  # type: ignore[type-arg]
+    """The MLflow comparison of one run of peers.py, as (figure, MLflow, modelshelf) rows."""
+    rows = []
+    mib = peers["model_mib"]
+    for label, key in (
+        ("first log / save_file + fsync", "first_log"),
+        ("checkpoint log, head changed / save_file + fsync", "checkpoint_log"),
+        ("re-log unchanged / save_file + fsync", "relog"),
+    ):
+        base = peers["save_file_fsync_s"]
+        rows.append((f"{label} ({mib} MiB)", peers[f"mlflow_{key}_s"] / base,
+                     peers[f"modelshelf_{key}_s"] / base))  # fmt: skip
+    rows.append((f"load by alias, model rebuilt / load_file ({mib} MiB)",
+                 peers["mlflow_load_ratio"], peers["modelshelf_load_ratio"]))  # fmt: skip
+    rows.append((f"storage of the checkpoints / one model ({mib} MiB)",
+                 peers["mlflow_storage_ratio"], peers["modelshelf_storage_ratio"]))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     peers, dedup, cbs, models = load("peers"), load("dedup"), load("callbacks"), load("models")
-    rows = []
-    if peers:
-        mib = peers["model_mib"]
-        for label, key in (
-            ("first log / save_file + fsync", "first_log"),
-            ("checkpoint log, head changed / save_file + fsync", "checkpoint_log"),
-            ("re-log unchanged / save_file + fsync", "relog"),
-        ):
-            base = peers["save_file_fsync_s"]
-            rows.append((f"{label} ({mib} MiB)", peers[f"mlflow_{key}_s"] / base,
-                         peers[f"modelshelf_{key}_s"] / base))  # fmt: skip
-        rows.append((f"load by alias, model rebuilt / load_file ({mib} MiB)",
-                     peers["mlflow_load_ratio"], peers["modelshelf_load_ratio"]))  # fmt: skip
-        rows.append(("storage of the checkpoints / one model",
-                     peers["mlflow_storage_ratio"], peers["modelshelf_storage_ratio"]))  # fmt: skip
+    rows = [*(peer_rows(peers) if peers else []), *(
+        peer_rows(large) if (large := load("peers_1024mib")) else [])]  # fmt: skip
     lines = [f"| figure | MLflow {peers.get('mlflow_version', '')} | modelshelf |", "|---|---|---|"]
     lines += [f"| {label} | {a:.2f}x | {b:.2f}x |" for label, a, b in rows]
-    if dedup:
-        n = dedup["checkpoints"]
-        lines.append(f"| {n} LoRA-style checkpoints / the bytes that changed | - | "
-                     f"{dedup['lora']['stored_vs_limit']:.2f}x |")  # fmt: skip
+    for result in (dedup, load("dedup_1024mib")):
+        if result:
+            n, mib = result["checkpoints"], round(result["model_mib"])
+            for kind, label in (("head_only", "head-only"), ("lora", "LoRA-style")):
+                lines.append(f"| {n} {label} checkpoints ({mib} MiB) / the bytes that changed "
+                             f"| - | {result[kind]['stored_vs_limit']:.2f}x |")  # fmt: skip
     if cbs:
         lines.append("| training blocked per checkpoint / Lightning ModelCheckpoint | - | "
                      f"{cbs['ratio']:.2f}x |")  # fmt: skip
