@@ -47,7 +47,7 @@ bench: install $(BENCH)/.stamp
 		$(BENCH)/bin/python benchmarks/$$b.py || exit 1; done
 	$(BENCH)/bin/python benchmarks/summary.py
 
-# The same de-duplication and MLflow figures at 1 GiB, 10 checkpoints (about half an hour):
+# The same de-duplication and MLflow figures at 1 GiB, 10 checkpoints (about 7 minutes here):
 # results/dedup_1024mib.json and peers_1024mib.json.
 bench-large: install $(BENCH)/.stamp
 	$(BENCH)/bin/python benchmarks/dedup.py --mib 1024 --checkpoints 10 --repeat 1
