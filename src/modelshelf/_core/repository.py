@@ -388,9 +388,9 @@ class Repository:
         self, name: str, version: int, record: Record, aliases: list[str]
     ) -> ArtifactVersion:
         """The version a commit just wrote, from what it wrote: its record, no labels changed
-        yet, the aliases it moved and ``latest`` (a lookup from scratch costs a bucket nine
-        reads; this, two). Renamed meanwhile, or a newer version committed meanwhile: it is
-        looked up anew (under the new name)."""
+        yet, the aliases it moved and ``latest`` (a lookup from scratch costs a bucket four
+        requests; this, one listing). Renamed meanwhile, or a newer version committed
+        meanwhile: it is looked up anew (under the new name)."""
         with self.labels.listed(name):  # one request, on an object store
             moved = self.current_name(name) != name
             if moved or self.labels.versions_log(name).slot(version + 1)[0]:
