@@ -81,6 +81,21 @@ def test_a_cursor_goes_on_after_the_last_handled(tmp_path: Path) -> None:
         shelf.watch("m", print, poll=0)
 
 
+def written_later(record: Path) -> threading.Thread:
+    """Cut ``record`` to half, as a reader sees a create in progress, and write it whole again
+    0.4 s later, on the thread returned."""
+    whole = record.read_bytes()
+    record.write_bytes(whole[: len(whole) // 2])
+
+    def finish_writing() -> None:
+        time.sleep(0.4)
+        record.write_bytes(whole)
+
+    thread = threading.Thread(target=finish_writing)
+    thread.start()
+    return thread
+
+
 def test_a_version_being_written_is_waited_for(tmp_path: Path) -> None:
     """A commit record that does not decode yet (being written) is not skipped: the version is
     called back once it reads whole, and in order."""
@@ -91,19 +106,11 @@ def test_a_version_being_written_is_waited_for(tmp_path: Path) -> None:
     stop.set()
     shelf.watch("m", print, cursor=cursor, stop=stop)
     v1 = log(shelf, tmp_path, "m", "1")
-    record = next(p for p in (tmp_path / "shelf").rglob("versions/000000000001.json"))
-    whole = record.read_bytes()
-    record.write_bytes(whole[: len(whole) // 2])  # as a reader sees a create in progress
+    thread = written_later(next((tmp_path / "shelf").rglob("versions/000000000001.json")))
     seen: list[str] = []
-
-    def finish_writing() -> None:
-        time.sleep(0.4)
-        record.write_bytes(whole)
-
-    thread = threading.Thread(target=finish_writing)
-    thread.start()
     started = time.monotonic()
-    shelf.watch("m", lambda v: seen.append(v.ref), cursor=cursor, poll=0.05, max_events=1)
+    watcher = ms.Shelf(tmp_path / "shelf")  # another process's view: not what this one wrote
+    watcher.watch("m", lambda v: seen.append(v.ref), cursor=cursor, poll=0.05, max_events=1)
     thread.join()
     assert seen == [v1.ref] and time.monotonic() - started >= 0.35
 
@@ -114,17 +121,8 @@ def test_an_alias_move_being_written_is_waited_for(tmp_path: Path) -> None:
     shelf = ms.Shelf(tmp_path / "shelf")
     v0 = log(shelf, tmp_path, "m", "0")
     v0.set_alias("production")
-    record = next(p for p in (tmp_path / "shelf").rglob("aliases/000000000000.json"))
-    whole = record.read_bytes()
-    record.write_bytes(whole[: len(whole) // 2])  # as a reader sees a create in progress
+    thread = written_later(next((tmp_path / "shelf").rglob("aliases/000000000000.json")))
     seen: list[str] = []
-
-    def finish_writing() -> None:
-        time.sleep(0.4)
-        record.write_bytes(whole)
-
-    thread = threading.Thread(target=finish_writing)
-    thread.start()
     stop = threading.Event()
     threading.Timer(10, stop.set).start()  # fail, not hang, if the move is lost
     watcher = ms.Shelf(tmp_path / "shelf")  # another process's view: not what this one wrote
