@@ -452,9 +452,10 @@ class Repository:
     def _reading(self, name: str) -> Iterator[None]:
         """Read ``name``'s records as of one listing (``Labels.listed``), the root record
         checked first: on an object store, read beside the listing."""
-        root = self._beside(lambda: self.info(create=False))
+        root = None if self._root is not None else self._beside(lambda: self.info(create=False))
         with self.labels.listed(name):
-            root()
+            if root is not None:
+                root()
             yield
 
     def _get(self, parsed: Ref, ref: str) -> ArtifactVersion:
@@ -625,7 +626,9 @@ class Repository:
         """The newest version of ``name`` that was not deleted, with its labels."""
         log = self.labels.versions_log(name)
         n = log.head_number()
-        gone = self.labels.marked_deleted(name) if n >= 0 else set()
+        # Deletion markers spare reading states where a listing shows them at no cost; on
+        # local disk a live head (the usual case) needs no listing of them.
+        gone = self.labels.marked_deleted(name) if log.listing is not None else set()
         while n >= 0:
             record = None if n in gone else log.readable(n)  # None: also being written, or torn
             if record is not None:

@@ -27,7 +27,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .._errors import ConflictError
 from .._storage import Storage
@@ -117,13 +117,18 @@ class Listing:
 
     def numbers(self, prefix: str) -> list[int]:
         """The record numbers of the log under ``prefix``, as listed."""
-        out = []
-        for key in self.keys:
-            folder, _, _ = key.rpartition("/")
-            n = record_number(key) if folder == prefix else None
-            if n is not None:
-                out.append(n)
-        return sorted(out)
+        return sorted(log_records(self.keys, prefix).values())
+
+
+def log_records(keys: Iterable[str], prefix: str) -> dict[str, int]:
+    """The record keys of the log under ``prefix`` among ``keys`` (those right under it whose
+    name is a record number), with their numbers."""
+    out = {}
+    for key in keys:
+        n = record_number(key) if key.rpartition("/")[0] == prefix else None
+        if n is not None:
+            out[key] = n
+    return out
 
 
 class SeqLog:
@@ -322,13 +327,12 @@ class SeqLog:
 
     def numbers(self) -> list[int]:
         """The numbers of the records present (listed), oldest first, without reading any."""
-        if self.listing is not None:
-            return self.listing.numbers(self.prefix)
-        return sorted(
-            n
-            for k in self.storage.find(self.prefix)
-            if k.rpartition("/")[0] == self.prefix and (n := record_number(k)) is not None
-        )
+        return sorted(self._records().values())
+
+    def _records(self) -> dict[str, int]:
+        """The record keys present (as of the listing, if any) with their numbers."""
+        listed = self.listing.keys if self.listing is not None else self.storage.find(self.prefix)
+        return log_records(listed, self.prefix)
 
     def all(
         self,
@@ -341,18 +345,15 @@ class SeqLog:
         A record that does not decode is left out (it is being written, or was torn by a
         crash), and passed to ``unreadable`` when given.
         """
-        listed = self.listing.keys if self.listing is not None else self.storage.find(self.prefix)
-        numbers = {
-            k: record_number(k) for k in sorted(listed) if k.rpartition("/")[0] == self.prefix
-        }
-        keys = [k for k, n in numbers.items() if n is not None and n not in skip]
+        numbers = self._records()
+        keys = [k for k, n in sorted(numbers.items()) if n not in skip]
         cache = self.cache
         got = {k: d for k in keys if cache is not None and (d := cache.get(k)) is not None}
         got.update(self.storage.read_many([k for k in keys if k not in got]))
         out = []
         for key in keys:
             n = numbers[key]
-            if n is not None and key in got:
+            if key in got:
                 try:
                     record = loads(got[key], self.storage.describe(key))
                     if cache is not None:

@@ -177,7 +177,7 @@ class Storage:
         """When ``key`` was last written, if the filesystem says; FileNotFoundError if absent."""
         path = self.path(key)
         self.fs.invalidate_cache(path)
-        return mtime(self.fs.info(path))
+        return _mtime(self.fs.info(path))
 
     def find(self, prefix: str) -> list[str]:
         """Return every key under ``prefix`` (recursively), sorted."""
@@ -185,18 +185,21 @@ class Storage:
 
     def find_detailed(self, prefix: str) -> dict[str, tuple[int, _dt.datetime | None]]:
         """Every key under ``prefix`` with its size and last-modified time (when known)."""
+        out = {}
+        for p, info in self._found(prefix).items():
+            key = self._relative(p)
+            if key is not None:
+                out[key] = (int(info.get("size") or 0), _mtime(info))
+        return out
+
+    def _found(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """fsspec's ``find(..., detail=True)`` of everything under ``prefix`` ({} if none)."""
         base = self.path(prefix)
         self.fs.invalidate_cache(base)
         try:
-            found = self.fs.find(base, detail=True)
+            return dict(self.fs.find(base, detail=True))
         except FileNotFoundError:
             return {}
-        out = {}
-        for p, info in found.items():
-            key = self._relative(p)
-            if key is not None:
-                out[key] = (int(info.get("size") or 0), mtime(info))
-        return out
 
     def listdir(self, prefix: str) -> list[str]:
         """Return the names directly under ``prefix`` (files and folders), sorted."""
@@ -316,7 +319,7 @@ class Storage:
         return digest, size
 
 
-def mtime(info: dict[str, Any]) -> _dt.datetime | None:
+def _mtime(info: dict[str, Any]) -> _dt.datetime | None:
     for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
         value = info.get(key)
         if isinstance(value, _dt.datetime):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -15,7 +14,6 @@ from .base import (
     Chunks,
     KeyFor,
     Storage,
-    mtime,
     too_large,
 )
 from .hashing import file_chunks, hash_chunks, write_hashed
@@ -78,22 +76,18 @@ class ObjectStoreStorage(Storage):
                     out[key] = data
         return out
 
-    def find_detailed(self, prefix: str) -> dict[str, tuple[int, _dt.datetime | None]]:
+    def _found(self, prefix: str) -> dict[str, dict[str, Any]]:
         # One listing of the keys that begin with ``prefix/``, asked of its parent: listing
         # the prefix itself costs two more requests when nothing is under it.
         if not prefix:
-            return super().find_detailed(prefix)
+            return super()._found(prefix)
         parent, _, leaf = self.path(prefix).rpartition("/")
         try:
             found = self.fs.find(parent, prefix=leaf + "/", detail=True)
         except FileNotFoundError:
             return {}
-        out = {}
-        for p, info in found.items():
-            key = self._relative(p)
-            if key is not None and key.startswith(prefix + "/"):
-                out[key] = (int(info.get("size") or 0), mtime(info))
-        return out
+        under = self._strip(self.path(prefix)) + "/"
+        return {p: info for p, info in found.items() if self._strip(p).startswith(under)}
 
     def create(self, key: str, data: bytes) -> bool:
         try:
