@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -35,3 +36,18 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 def folder_bytes(path: Path) -> int:
     """The bytes of every file under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def model_arguments(description: str | None) -> argparse.Namespace:
+    """The command line of the benchmarks of one model and its checkpoints: ``--mib``,
+    ``--checkpoints``, ``--repeat``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--mib", type=int, default=100, help="model size")
+    parser.add_argument("--checkpoints", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    return parser.parse_args()
+
+
+def sized(name: str, mib: int) -> str:
+    """The results name of a run at ``mib`` MiB: ``name`` at the default 100, else suffixed."""
+    return name if mib == 100 else f"{name}_{mib}mib"

@@ -18,7 +18,6 @@ The model is the fine-tune of the figures we are measured on: frozen 1024-wide s
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 
 import modelshelf as ms
 from common import median_time as timed
-from common import save_results
+from common import model_arguments, save_results, sized
 
 HERE = Path(__file__).resolve().parent
 WIDTH = 1024
@@ -84,11 +83,7 @@ def checkpoints(tmp: Path, model: nn.Module, trained: nn.Module, n: int) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mib", type=int, default=100, help="model size")
-    parser.add_argument("--checkpoints", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = model_arguments(__doc__)
     depth = max(1, round(args.mib * 2**20 / (WIDTH * WIDTH * 4)))
     torch.manual_seed(0)
 
@@ -146,9 +141,7 @@ def main() -> None:
     print(f"model: {nbytes(model) / 2**20:.0f} MiB ({depth} frozen {WIDTH}x{WIDTH} + head)\n")
     for step, value, goal in rows:
         print(f"{step:<42}{value:>18}  {goal}")
-    print(
-        f"\nwrote {save_results('dedup' if args.mib == 100 else f'dedup_{args.mib}mib', results)}"
-    )
+    print(f"\nwrote {save_results(sized('dedup', args.mib), results)}")
 
 
 if __name__ == "__main__":

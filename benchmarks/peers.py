@@ -19,7 +19,6 @@ head, and each checkpoint changes only the head.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import statistics
@@ -33,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import modelshelf as ms
-from common import folder_bytes, save_results
+from common import folder_bytes, model_arguments, save_results, sized
 from common import median_time as timed
 from dedup import WIDTH, FineTune
 
@@ -47,11 +46,7 @@ def nudge(model: FineTune) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mib", type=int, default=100, help="model size")
-    parser.add_argument("--checkpoints", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = model_arguments(__doc__)
     import mlflow
     import mlflow.pytorch
     from mlflow import MlflowClient
@@ -166,7 +161,7 @@ def main() -> None:
         f"{f'storage of {n} checkpoints / one model':<44}"
         f"{out['mlflow_storage_ratio']:>16.2f}x{out['modelshelf_storage_ratio']:>17.2f}x"
     )
-    print(f"\nwrote {save_results('peers' if args.mib == 100 else f'peers_{args.mib}mib', out)}")
+    print(f"\nwrote {save_results(sized('peers', args.mib), out)}")
 
 
 if __name__ == "__main__":
