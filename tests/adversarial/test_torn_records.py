@@ -106,6 +106,34 @@ def test_a_record_being_written_is_waited_for_not_overwritten(
     assert generic.get("m:v0").aliases == ["a", "b", "latest", "slow"]
 
 
+def test_a_root_record_being_written_is_waited_for(generic: ms.Shelf, tmp_path: Path) -> None:
+    """Writers that open a new shelf at once: one meets the root record another is still
+    writing. It waits for it (it used to fail with UnreadableRecord), and a root record torn
+    by a crash long ago is still refused."""
+    logged(generic, tmp_path, "m", b"zero")
+    path = tmp_path / "shelf" / "modelshelf.json"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:20])  # the first writer, in the middle of its record
+
+    def finish() -> None:
+        time.sleep(0.5)
+        path.write_bytes(whole)
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    started = time.monotonic()
+    v1 = logged(ms.Shelf(generic.url), tmp_path, "m", b"one")
+    thread.join()
+    assert time.monotonic() - started >= 0.4 and v1.version == 1
+    assert ms.Shelf(generic.url).id == generic.id  # the same shelf: not a second root record
+
+    path.write_bytes(whole[:20])
+    age(path, seqlog.TORN_AFTER_SECONDS + 5)
+    with pytest.raises(UnreadableRecord, match=r"modelshelf\.json"):
+        ms.Shelf(generic.url).get("m")
+    path.write_bytes(whole)
+
+
 def test_a_torn_artifact_record_is_rebuilt_from_its_versions(
     generic: ms.Shelf, tmp_path: Path
 ) -> None:

@@ -97,19 +97,9 @@ class Repository:
         if self._root is not None:
             return self._root
         with self._init_lock:
-            data = self.storage.try_read(ROOT_RECORD)
-            if data is None and create:
-                record: RootRecord = {
-                    "format": FORMAT_VERSION,
-                    "id": uuid.uuid4().hex,
-                    "created_at": isoformat(now()),
-                    "created_by": writer_info(),
-                }
-                self.storage.create(ROOT_RECORD, dumps(record))
-                data = self.storage.read(ROOT_RECORD)  # another process may have won
-            if data is None:
+            info = self._root_record(create)
+            if info is None:
                 return None
-            info = loads(data, self.storage.describe(ROOT_RECORD))
             if not (isinstance(info.get("id"), str) and _SHELF_ID_RE.fullmatch(info["id"])):
                 raise IntegrityError(
                     f"The shelf record {self.storage.describe(ROOT_RECORD)} has a malformed id "
@@ -127,6 +117,33 @@ class Repository:
                 )
             self._root = info
             return info
+
+    def _root_record(self, create: bool) -> Record | None:
+        """The root record as stored (written first when ``create``), or None.
+
+        Where records are written in place (no hard links, a generic filesystem), another
+        writer's root record can be met half-written: it is waited for until it decodes, or
+        until it is settled, when it was torn by a crash (UnreadableRecord, as before)."""
+        first_seen: dict[str, tuple[float, int]] = {}
+        while True:
+            data = self.storage.try_read(ROOT_RECORD)
+            if data is None and create:
+                record: RootRecord = {
+                    "format": FORMAT_VERSION,
+                    "id": uuid.uuid4().hex,
+                    "created_at": isoformat(now()),
+                    "created_by": writer_info(),
+                }
+                self.storage.create(ROOT_RECORD, dumps(record))
+                data = self.storage.read(ROOT_RECORD)  # another process may have won
+            if data is None:
+                return None
+            try:
+                return loads(data, self.storage.describe(ROOT_RECORD))
+            except UnreadableRecord:
+                if settled(self.storage, ROOT_RECORD, first_seen):
+                    raise
+                time.sleep(0.05)
 
     @property
     def id(self) -> str:
