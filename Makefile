@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 CHECKED := src integrations tests examples benchmarks
 
-.PHONY: install demo test test-fast lint typecheck bench bench-large clean
+.PHONY: install browser demo test test-fast lint typecheck bench bench-large clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,22 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+# The web UI's tests drive Debian's Chromium headless (Playwright's own browser download cannot
+# be reached): install it when missing, as root with apt-get, or say how.
+browser:
+	@if [ -n "$$MODELSHELF_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || \
+		command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the web UI tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+		{ apt-get update -q >/dev/null && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || exit 1; \
+	else \
+		echo "The web UI tests need Chromium: run 'sudo apt-get install chromium'," \
+			"or set MODELSHELF_CHROMIUM to a Chromium binary."; exit 1; \
+	fi
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest --durations=10
 
 # The edit loop: everything but the tests marked slow (real training, subprocess crash tests).

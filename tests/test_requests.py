@@ -131,3 +131,27 @@ def test_cli_ls_shows_what_the_versions_say(url: str) -> None:
             "name": name, "type": last.type, "versions": len(versions), "latest": last.ref,
             "size": last.size, "updated": last.created_at.isoformat(),
         }  # fmt: skip
+
+
+def test_the_web_ui_reads_only_the_heads_again_on_a_bucket(
+    url: str, calls: collections.Counter[str]
+) -> None:
+    """The UI's server keeps one Shelf: a page asked for again reads the listing and the
+    records that can move (alias and label heads), never the versions and manifests again."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from modelshelf.ui.app import create_app
+
+    client = TestClient(create_app(ms.Shelf(url)), base_url="http://127.0.0.1")
+    calls.clear()
+    assert client.get("/a/m").status_code == 200
+    cold = sum(calls.values())
+    for page in ("/", "/v/m:best", "/compare?ref=m:v0&ref=m:v3", "/runs", "/lineage?ref=m"):
+        assert client.get(page).status_code == 200, page
+    calls.clear()
+    page = client.get("/a/m")
+    assert page.status_code == 200 and 'data-ref="m:v9"' in page.text
+    warm = sum(calls.values())
+    print(f"artifact page of 10 versions: {cold} requests, then {warm}")
+    assert warm <= 6 and warm < cold, dict(calls)

@@ -20,6 +20,9 @@ _KNOWN: dict[str, tuple[tuple[str, ...], str, str]] = {
     "gcsfs": (("gcsfs",), "gcsfs", "gcs"),
     "typer": (("typer",), "typer", "ui"),
     "rich": (("rich",), "rich", "ui"),
+    "starlette": (("starlette",), "starlette", "ui"),
+    "uvicorn": (("uvicorn",), "uvicorn", "ui"),
+    "jinja2": (("jinja2",), "jinja2", "ui"),
 }
 
 

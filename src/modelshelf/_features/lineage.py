@@ -84,14 +84,14 @@ class Lineage:
         return "\n".join(lines)
 
 
-def _version_node(v: ArtifactVersion) -> dict[str, Any]:
+def version_node(v: ArtifactVersion) -> dict[str, Any]:
     return {
         "id": v.ref, "kind": "version", "name": v.name, "version": v.version,
         "type": v.type, "aliases": v.aliases,
     }  # fmt: skip
 
 
-def _run_node(r: Run) -> dict[str, Any]:
+def run_node(r: Run) -> dict[str, Any]:
     return {
         "id": f"run:{r.id}", "kind": "run", "run_id": r.id, "name": r.name,
         "job_type": r.job_type, "status": r.status,
@@ -107,7 +107,7 @@ def build(repo: Repository, ref: str, direction: str, depth: int | None) -> Line
         raise InvalidArgumentError(f"depth must be a non-negative int or None, not {depth!r}.")
     start = repo.get(ref)
     graph = Lineage(root=start.ref)
-    graph.nodes[start.ref] = _version_node(start)
+    graph.nodes[start.ref] = version_node(start)
     edges: set[tuple[str, str, str]] = set()
     for upstream in (True, False):
         if direction == ("downstream" if upstream else "upstream"):
@@ -119,7 +119,7 @@ def build(repo: Repository, ref: str, direction: str, depth: int | None) -> Line
             if depth is not None and hops >= depth:
                 continue
             for nxt, edge in _neighbours(repo, item, upstream):
-                node = _version_node(nxt) if hasattr(nxt, "ref") else _run_node(nxt)  # type: ignore[arg-type]
+                node = version_node(nxt) if hasattr(nxt, "ref") else run_node(nxt)  # type: ignore[arg-type]
                 graph.nodes.setdefault(node["id"], node)
                 edges.add(edge)
                 if node["id"] not in seen:

@@ -819,6 +819,47 @@ def watch(
         raise typer.Exit(130) from None
 
 
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    host: Annotated[
+        str, typer.Option(help="Address to bind (anything but 127.0.0.1 is warned about).")
+    ] = "127.0.0.1",
+    allow_writes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-writes",
+            help="Allow alias, tag, description, delete and gc from the page (each write "
+            "still needs the token in the printed link).",
+        ),
+    ] = False,
+    open_: Annotated[bool, typer.Option("--open", help="Open it in a browser.")] = False,
+) -> None:
+    """Serve a web app over the shelf: artifacts, versions, compare, lineage, runs."""
+    from ..ui import serve
+
+    serve(
+        _shelf(),
+        host=host,
+        port=port,
+        allow_writes=allow_writes,
+        open_browser=open_,
+        say=lambda line: err.print(line, markup=False),
+    )
+
+
+@app.command()
+def report(
+    target: Annotated[str, typer.Argument(help="A version (NAME:vN, NAME:alias) or a NAME.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")],
+) -> None:
+    """Write one self-contained HTML file (table, charts, lineage, comparison) to share."""
+    from ..ui import write_report
+
+    path = write_report(_shelf(), target, output)
+    out.print(f"wrote {path} ({human_size(path.stat().st_size)})")
+
+
 @cache_app.command("info")
 def cache_info(as_json: JsonOpt = False) -> None:
     """Where the cache is and what it holds."""
