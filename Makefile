@@ -58,7 +58,7 @@ $(BENCH)/.stamp: $(STAMP)
 	touch $@
 
 bench: install $(BENCH)/.stamp
-	for b in store models dedup callbacks callbacks_frameworks request_counts peers; do \
+	for b in store models dedup callbacks callbacks_frameworks request_counts peers ui_pages; do \
 		$(BENCH)/bin/python benchmarks/$$b.py || exit 1; done
 	$(BENCH)/bin/python benchmarks/summary.py
 

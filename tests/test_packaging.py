@@ -217,6 +217,10 @@ def test_the_s3_and_ui_extras_alone(wheel: Path, tmp_path: Path, s3_endpoint: st
     run_in(command, "--shelf", shelf, "log", *logged, cwd=tmp_path)
     listed = run_in(command, "--shelf", shelf, "ls", "m", "--json", cwd=tmp_path)
     assert [(v["ref"], v["aliases"]) for v in json.loads(listed)] == [("m:v0", ["best", "latest"])]
+    # The web UI's templates and vendored scripts are in the wheel: the report inlines them.
+    run_in(command, "--shelf", shelf, "report", "m", "-o", str(tmp_path / "r.html"), cwd=tmp_path)
+    report = (tmp_path / "r.html").read_text()
+    assert "cytoscape" in report and 'data-ref="m:v0"' in report
 
 
 @pytest.mark.slow

@@ -418,3 +418,13 @@ def test_hostile_digests_and_records_are_refused(shelf: ms.Shelf, files: Path) -
 def test_latest_in_aliases_is_accepted_when_logging(shelf: ms.Shelf, files: Path) -> None:
     v = shelf.log_artifact(files, name="m", type="model", aliases=["latest", "best"])
     assert v.aliases == ["best", "latest"]
+
+
+def test_the_record_cache_forgets_its_older_half_when_full() -> None:
+    from modelshelf._format.seqlog import RecordCache
+
+    cache = RecordCache(max_records=4)
+    for i in range(4):
+        cache.put(f"k{i}", b"%d" % i)
+    cache.put("k4", b"4")  # full: k0 and k1, the oldest, go
+    assert [cache.get(f"k{i}") for i in range(5)] == [None, None, b"2", b"3", b"4"]

@@ -323,3 +323,51 @@ def test_cli_report_and_ui_help(shelf: ms.Shelf, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "nope" in missing.stderr
     helped = subprocess.run([CLI, "ui", "--help"], capture_output=True, text=True)
     assert "--allow-writes" in helped.stdout
+
+
+def test_the_dashboard_follows_every_change_to_an_artifact(tmp_path: Path) -> None:
+    """Its rows are kept per artifact while the artifact's folder lists the same keys: a
+    metadata change, an alias move, a new version and a deletion each show on the next page."""
+    shelf = ms.Shelf(str(tmp_path / "s"))
+    f = tmp_path / "f"
+    for i in range(3):
+        f.write_text(str(i))
+        shelf.log_artifact(str(f), name="m", type="model", metadata={"metrics": {"acc": i / 10}})
+    c = client(shelf)
+
+    def board() -> list[tuple[str, str]]:
+        html = c.get("/dashboard?type=model&metric=acc&mode=max").text
+        return re.findall(
+            r'<tr data-ref="([^"]+)">.*?<td class="num score">([^<]*)</td>', html, re.S
+        )
+
+    assert board() == [("m:v2", "0.2"), ("m:v1", "0.1"), ("m:v0", "0")]
+    shelf.get("m:v0").update_metadata({"metrics": {"acc": 0.9}})
+    assert board()[0] == ("m:v0", "0.9")
+    shelf.get("m:v1").set_alias("production")
+    assert "production" in c.get("/dashboard?type=model&metric=acc&mode=max").text
+    f.write_text("3")
+    shelf.log_artifact(str(f), name="m", type="model", metadata={"metrics": {"acc": 0.95}})
+    assert board()[0] == ("m:v3", "0.95")
+    shelf.delete("m:v3")
+    assert [ref for ref, _ in board()] == ["m:v0", "m:v2", "m:v1"]
+
+
+def test_binding_beyond_the_loopback_warns(shelf: ms.Shelf) -> None:
+    from modelshelf.ui.server import allowed_hosts
+
+    assert allowed_hosts("0.0.0.0") == ["*"]
+    assert "10.1.2.3" in allowed_hosts("10.1.2.3") and "127.0.0.1" in allowed_hosts("10.1.2.3")
+    proc = subprocess.Popen(
+        [CLI, "--shelf", shelf.url, "ui", "--host", "0.0.0.0", "--port", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    said = "".join(lines)
+    assert "warning: bound to '0.0.0.0'" in said and "anyone who can reach" in said
+    assert "read-only" in said and "token=" not in said

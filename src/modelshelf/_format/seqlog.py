@@ -80,17 +80,21 @@ class RecordCache:
 
     MAX_RECORDS = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, max_records: int = MAX_RECORDS) -> None:
         self._data: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self.max_records = max_records
 
     def get(self, key: str) -> bytes | None:
         return self._data.get(key)
 
     def put(self, key: str, data: bytes) -> None:
         with self._lock:
-            if len(self._data) >= self.MAX_RECORDS:
-                self._data.clear()  # a reader's working set is far smaller
+            if len(self._data) >= self.max_records:
+                # Forget the older half (dicts keep insertion order): a script's working set is
+                # far smaller; a long-lived reader (the web UI) asks for a larger cache.
+                for old in list(self._data)[: self.max_records // 2]:
+                    del self._data[old]
             self._data[key] = data
 
 

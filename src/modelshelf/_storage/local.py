@@ -47,6 +47,7 @@ class LocalStorage(Storage):
     def __init__(self, root: str) -> None:
         super().__init__(fsspec.filesystem("file"), root, root)
         self.base = Path(root)
+        self._base_text = str(self.base)
         self._made: set[Path] = set()
         self._links = True  # until link() says this filesystem has none
 
@@ -58,7 +59,9 @@ class LocalStorage(Storage):
         return self.base / check_key(key) if key else self.base
 
     def describe(self, key: str) -> str:
-        return str(self.base / key)
+        # A string, not a Path: every record read names its key (for messages), thousands a
+        # page in the web UI.
+        return f"{self._base_text}/{key}"
 
     def _tmp(self) -> Path:
         tmp = self.base / "tmp"

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import math
-import mimetypes
 import secrets
 from importlib import resources
 from pathlib import Path
@@ -37,6 +36,9 @@ CSP = (
     "frame-ancestors 'none'; form-action 'self'"
 )
 DIRECTIONS = ("both", "upstream", "downstream")
+#: Records the server keeps in memory (a commit record is about 1 KB): 200 artifacts x 100
+#: versions, with their states, fit.
+RECORD_CACHE = 100_000
 
 
 def package_dir(sub: str) -> Path:
@@ -99,7 +101,11 @@ def create_app(
     from starlette.staticfiles import StaticFiles
 
     settings = Settings(shelf, allow_writes=allow_writes, token=token)
+    # One Shelf serves every page: the records it has read (versions, states, runs: written
+    # once, never changed) are kept for the next page, so a page re-reads only log heads.
+    shelf.repository.labels.records.max_records = RECORD_CACHE
     env = environment()
+    board = views.Memo()  # the dashboard's rows per artifact
 
     def authorised(request: Request) -> tuple[bool, bool]:
         """(has the token, came by cookie)."""
@@ -121,7 +127,6 @@ def create_app(
             allow_writes=settings.allow_writes,
             can_write=can_write,
             csrf=settings.csrf if can_write else "",
-            report=False,
             **data,
         )
         return HTMLResponse(html, status_code=status)
@@ -186,10 +191,8 @@ def create_app(
         filename = path.rsplit("/", 1)[-1]
         if request.query_params.get("inline") and suffix in views.IMAGE_TYPES:
             return FileResponse(local, media_type=views.IMAGE_TYPES[suffix])
-        media = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        if media.startswith(("text/html", "image/svg", "application/xhtml")):
-            media = "application/octet-stream"
-        return FileResponse(local, media_type=media, filename=filename)
+        # Bytes, whatever the name says: with nosniff, a browser neither renders nor runs them.
+        return FileResponse(local, media_type="application/octet-stream", filename=filename)
 
     def compare(request: Request) -> Response:
         refs = [r for r in request.query_params.getlist("ref") if r]
@@ -228,7 +231,9 @@ def create_app(
         if mode not in ("min", "max"):
             raise InvalidArgumentError(f"mode must be min or max, not {mode!r}.", value=mode)
         top = _int(q.get("top", "10"), "top", 1, 1000)
-        data = views.dashboard(shelf, q.get("type", "model"), q.get("metric") or None, mode, top)
+        data = views.dashboard(
+            shelf, q.get("type", "model"), q.get("metric") or None, mode, top, memo=board
+        )
         return page(request, "dashboard.html", **data)
 
     # -- JSON ---------------------------------------------------------------------------

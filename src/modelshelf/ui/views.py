@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from .._errors import ModelshelfError, NotFoundError
 from .._features.cleanup import storage_report
@@ -23,6 +24,9 @@ from .._features.tables import read_table
 from .._format.records import parse_time
 from .._progress import human_size
 from .._shelf import Shelf
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Files larger than this are not previewed (a download link is still there).
 PREVIEW_MAX_BYTES = 4 * 1024 * 1024
@@ -40,6 +44,16 @@ IMAGE_TYPES = {
 }
 TEXT_SUFFIXES = (".txt", ".md", ".log", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".py", ".json")
 TABLE_SUFFIXES = (".csv", ".tsv")
+
+
+def each(shelf: Shelf, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]``, eight at a time on an object store, where each is a few
+    requests; one after the other elsewhere, where threads would only contend for the GIL
+    (three times slower on local disk, measured by benchmarks/ui_pages.py)."""
+    if not shelf.repository.storage.lists_heads:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(fn, items))
 
 
 def when(at: _dt.datetime | None) -> str:
@@ -82,7 +96,7 @@ def home(shelf: Shelf, query: str = "") -> dict[str, Any]:
     }
 
 
-def artifact_rows(shelf: Shelf, query: str = "") -> list[dict[str, Any]]:
+def artifact_rows(shelf: Shelf, query: str = "", aliases: bool = True) -> list[dict[str, Any]]:
     """One row per artifact whose name holds ``query``: a summary each (one listing and the
     newest record on a bucket, not every version), several at once."""
     repo = shelf.repository
@@ -97,22 +111,21 @@ def artifact_rows(shelf: Shelf, query: str = "") -> list[dict[str, Any]]:
             return None  # every version deleted
         record = summary.record
         try:
-            aliases = repo.labels.alias_map(name)
+            moved = repo.labels.alias_map(name) if aliases else {}
         except (ModelshelfError, OSError):
-            aliases = {}
+            moved = {}
         return {
             "name": name,
             "type": record["type"],
             "versions": summary.versions,
             "latest": summary.latest,
-            "aliases": sorted(aliases.items(), key=lambda kv: (-kv[1], kv[0])),
+            "aliases": sorted(moved.items(), key=lambda kv: (-kv[1], kv[0])),
             "size": record["size"],
             "size_text": human_size(record["size"]),
             "updated": parse_time(record["created_at"]),
         }
 
-    with ThreadPoolExecutor(8) as pool:
-        return [r for r in pool.map(row, names) if r is not None]
+    return [r for r in each(shelf, row, names) if r is not None]
 
 
 def activity(shelf: Shelf, rows: list[dict[str, Any]], limit: int = 15) -> list[dict[str, Any]]:
@@ -136,9 +149,8 @@ def activity(shelf: Shelf, rows: list[dict[str, Any]], limit: int = 15) -> list[
             if e.alias != "latest"
         ]
 
-    with ThreadPoolExecutor(8) as pool:
-        for found in pool.map(moves, [r["name"] for r in recent]):
-            events += found
+    for found in each(shelf, moves, [r["name"] for r in recent]):
+        events += found
     try:
         runs = shelf.runs()[-limit:]
     except (ModelshelfError, OSError):
@@ -229,6 +241,7 @@ def version(shelf: Shelf, ref: str) -> dict[str, Any]:
         storage = storage_report(shelf.repository, v)
     except (ModelshelfError, OSError):
         storage = None
+    earlier = [o.ref for o in shelf.versions(v.name) if o.version < v.version]
     return {
         "ref": v.ref,
         "name": v.name,
@@ -248,6 +261,7 @@ def version(shelf: Shelf, ref: str) -> dict[str, Any]:
         "logged_by": run_row(run) if run is not None else None,
         "used_by": [run_row(r) for r in v.used_by()],
         "storage": storage,
+        "previous": earlier[-1] if earlier else None,  # the newest version left before it
     }
 
 
@@ -554,9 +568,38 @@ def _graph(nodes: dict[str, dict[str, Any]], edges: set[tuple[str, str, str]]) -
 
 
 # -- dashboard ----------------------------------------------------------------------------
-def dashboard(shelf: Shelf, type_: str, metric: str | None, mode: str, top: int) -> dict[str, Any]:
+class Memo:
+    """Per-artifact results kept while the artifact's folder holds the same keys.
+
+    Every change to an artifact (a version, a tag, a description or metadata change, an alias
+    move, a deletion) writes a new record under its folder, and records are never rewritten
+    (only the HEAD hints are, which change no result): the set of keys is a complete change
+    token. Checking it is one listing, instead of reading every version again. A change made
+    after the listing makes the next listing differ, so a result is never stale past one page.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[frozenset[str], Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, shelf: Shelf, name: str, compute: Callable[[str], R]) -> R:
+        repo = shelf.repository
+        token = frozenset(repo.storage.find(repo.labels.keys(name).prefix))
+        with self._lock:
+            hit = self._data.get(name)
+        if hit is not None and hit[0] == token:
+            return hit[1]  # type: ignore[no-any-return]
+        value = compute(name)
+        with self._lock:
+            self._data[name] = (token, value)
+        return value
+
+
+def dashboard(
+    shelf: Shelf, type_: str, metric: str | None, mode: str, top: int, memo: Memo | None = None
+) -> dict[str, Any]:
     """The top ``top`` versions by ``metric`` across every artifact of ``type_``."""
-    everything = artifact_rows(shelf)
+    everything = artifact_rows(shelf, aliases=False)
     types = sorted({r["type"] for r in everything})
     names = [r["name"] for r in everything if r["type"] == type_]
 
@@ -571,8 +614,10 @@ def dashboard(shelf: Shelf, type_: str, metric: str | None, mode: str, top: int)
             for v in versions
         ]  # fmt: skip
 
-    with ThreadPoolExecutor(8) as pool:
-        rows = [r for found in pool.map(scored, names) for r in found]
+    def remembered(name: str) -> list[dict[str, Any]]:
+        return memo.get(shelf, name, scored) if memo is not None else scored(name)
+
+    rows = [r for found in each(shelf, remembered, names) for r in found]
     metrics = sorted({m for r in rows for m in r["metrics"]})
     if metric is None and metrics:
         metric = metrics[0]
