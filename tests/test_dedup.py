@@ -313,3 +313,43 @@ def test_a_relogged_local_file_is_not_read_again(tmp_path: Path) -> None:
     assert blob.read_bytes() == data
     path.write_bytes(path.read_bytes())  # touched: the stat data no longer match
     assert source._known_chunks(shelf.repository, os.stat(path)) is None
+
+
+def test_a_local_shelf_loads_chunks_straight_from_its_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No copy of the whole file enters the cache; each chunk is hashed once, then trusted
+    by its stat data; a chunk changed after that is hashed again and refused."""
+    from modelshelf._core import download, hashcache
+
+    shelf = ms.Shelf(str(tmp_path / "shelf"))
+    model = frozen_body_with_head()
+    v = shelf.log_model(model, name="m")
+    entry = v.manifest.files[WEIGHTS]
+    storage = shelf.repository.storage
+    hashed: list[int] = []
+    add = download._ChunkCheck.add
+    monkeypatch.setattr(
+        download._ChunkCheck, "add", lambda self, buf: hashed.append(len(buf)) or add(self, buf)
+    )
+
+    got = shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(got.state_dict()[name], tensor), name
+    assert not download.blob_path(entry.hex).exists()  # never assembled in the cache
+    assert sum(hashed) == entry.size  # every chunk hashed once, as it was read
+    chunks = [(storage.local_file(blob_key(d.split(":", 1)[1])), d) for d, _ in entry.chunks]
+    assert all(hashcache.trusted_blob(path, digest) for path, digest in chunks)
+
+    hashed.clear()
+    again = shelf.load_model(v.ref, model=frozen_body_with_head(seed=2))
+    assert torch.equal(again[0].weight, model[0].weight)
+    assert hashed == []  # trusted by stat data: read, not hashed
+
+    path = chunks[2][0]
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0x01
+    path.write_bytes(bytes(data))  # same size, new mtime: no longer trusted
+    with pytest.raises(ms.IntegrityError, match=r"chunk 3 of \d+ of 'model.safetensors'"):
+        shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))

@@ -103,7 +103,12 @@ def server(root: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        # No sandbox (tests run as root in a container); no GPU (software rendering only,
+        # which a headless machine has anyway); shared memory through files, not /dev/shm.
+        b = p.chromium.launch(
+            executable_path=chromium(),
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         yield b
         b.close()
 
@@ -132,6 +137,7 @@ class Watched:
             ),
         )
         self.page.on("dialog", self._dialog)
+        self.page.on("crash", lambda _: self.problems.append("the page crashed"))
 
     def _failed(self, request: Any) -> None:
         # A navigation cancels what the page before it was still loading (its favicon): that
@@ -147,8 +153,12 @@ class Watched:
         dialog.dismiss()
 
     def shot(self, name: str) -> None:
+        """A screenshot of the whole page; of the window only where the page is a graph
+        sized to the window (a full-page capture resizes the window, and the graph with it,
+        while it is taken)."""
         SHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        whole = not self.page.locator("#graph").count()
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=whole)
 
 
 @pytest.fixture

@@ -134,6 +134,49 @@ def test_a_root_record_being_written_is_waited_for(generic: ms.Shelf, tmp_path: 
     path.write_bytes(whole)
 
 
+def test_a_rename_tombstone_being_written_is_waited_for(
+    generic: ms.Shelf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two renames of one name at once: the second meets the first one's tombstone
+    half-written. It waits for it and gives way (it used to take it for torn and rewrite it,
+    and both renames won: one CI run in many); a tombstone torn by a crash long ago is still
+    rewritten."""
+    logged(generic, tmp_path, "a", b"zero")
+    tombstone = tmp_path / "shelf" / ArtifactKeys("a").renamed
+    whole = dumps({"to": "b", "at": "2026-01-01T00:00:00+00:00", "by": {}})
+    shelf = ms.Shelf(generic.url)
+    storage = shelf.repository.storage
+    create = storage.create
+
+    def racing(key: str, data: bytes) -> bool:
+        if key == ArtifactKeys("a").renamed:  # the other rename got there first, and writes
+            tombstone.write_bytes(whole[:15])
+            threading.Timer(0.5, lambda: tombstone.write_bytes(whole)).start()
+        return create(key, data)
+
+    monkeypatch.setattr(storage, "create", racing)
+    started = time.monotonic()
+    with pytest.raises(ms.ConflictError, match="renamed to 'b' by another process"):
+        shelf.rename("a", "c")
+    assert time.monotonic() - started >= 0.4
+    assert loads(tombstone.read_bytes(), "tombstone")["to"] == "b"
+    monkeypatch.undo()
+
+    tombstone.unlink()
+    storage = generic.repository.storage
+    create = storage.create
+
+    def torn(key: str, data: bytes) -> bool:
+        if key == ArtifactKeys("a").renamed:  # a rename that crashed long ago, mid-write
+            tombstone.write_bytes(whole[:15])
+            age(tombstone, seqlog.TORN_AFTER_SECONDS + 5)
+        return create(key, data)
+
+    monkeypatch.setattr(storage, "create", torn)
+    generic.rename("a", "d")  # torn long ago: this rename rewrites it
+    assert loads(tombstone.read_bytes(), "tombstone")["to"] == "d"
+
+
 def test_a_torn_artifact_record_is_rebuilt_from_its_versions(
     generic: ms.Shelf, tmp_path: Path
 ) -> None:

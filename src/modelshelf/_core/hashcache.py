@@ -159,13 +159,20 @@ def trusted_blob(path: str | os.PathLike[str], digest: str) -> bool:
     return row is not None and tuple(row[:4]) == _blob_key(st) and row[4] == digest
 
 
+def trust_if_unchanged(path: str | os.PathLike[str], digest: str, st: os.stat_result) -> None:
+    """Trust ``path`` to hold ``digest`` (just checked) if its stat data are still ``st``: it
+    did not change while it was being hashed."""
+    with contextlib.suppress(OSError):
+        if _blob_key(os.stat(path)) == _blob_key(st):
+            trust_blob(path, digest, st)
+
+
 def verify_blob(path: str | os.PathLike[str], digest: str) -> bool:
     """Hash the cache blob ``path`` again; whether it holds ``digest`` (then it is trusted)."""
     st = os.stat(path)
     if sha256_file(path) != digest:
         return False
-    if _blob_key(os.stat(path)) == _blob_key(st):
-        trust_blob(path, digest, st)
+    trust_if_unchanged(path, digest, st)
     return True
 
 

@@ -17,6 +17,7 @@ rename gave it) removes that name's tombstone before the other name gets its own
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from .._errors import ConflictError, InvalidArgumentError
@@ -32,6 +33,7 @@ from .._format.records import (
     now,
     writer_info,
 )
+from .._format.seqlog import settled
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -64,9 +66,8 @@ def rename(repo: Repository, old: str, new: str) -> None:
     tombstone = ArtifactKeys(old).renamed
     if repo.storage.create(tombstone, dumps(record)):
         return
-    try:
-        went = loads(repo.storage.read(tombstone), repo.storage.describe(tombstone)).get("to")
-    except (UnreadableRecord, FileNotFoundError):  # torn by a crash: this rename rewrites it
+    went = _tombstone_target(repo, tombstone)
+    if went is None:  # torn by a crash: this rename rewrites it
         repo.storage.replace(tombstone, dumps(record))
         return
     if went != new:  # a concurrent rename of ``old`` won: ``new`` gives way to it
@@ -75,6 +76,24 @@ def rename(repo: Repository, old: str, new: str) -> None:
         raise ConflictError(
             f"{old!r} was renamed to {went!r} by another process while this rename ran."
         )
+
+
+def _tombstone_target(repo: Repository, key: str) -> object | None:
+    """Where the tombstone at ``key`` says the name went; None when it is torn by a crash.
+
+    Where records are written in place (a generic filesystem), a concurrent rename's
+    tombstone can be met half-written: it is waited for until it decodes, or until it is
+    settled (torn). Taking it for torn at once would let both renames win."""
+    first_seen: dict[str, tuple[float, int]] = {}
+    while True:
+        try:
+            return loads(repo.storage.read(key), repo.storage.describe(key)).get("to")
+        except FileNotFoundError:
+            return None
+        except UnreadableRecord:
+            if settled(repo.storage, key, first_seen):
+                return None
+            time.sleep(0.05)
 
 
 def stored_under(repo: Repository, name: str) -> str | None:

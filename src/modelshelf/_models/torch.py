@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._core.download import chunks_from_shelf
 from .._core.sources import StreamedFile
 from .._deps import require
 from .._errors import UnsupportedModelError
@@ -57,7 +58,12 @@ def load_torch(version: ArtifactVersion, info: dict[str, Any], how: Loading) -> 
     require("torch", "Loading a PyTorch model")
     from . import torch_format as tf
 
-    weights, tied = version.path(info["weights"]), info.get("tied", {})
+    tied = info.get("tied", {})
+    # From a local shelf, a file stored in chunks is read straight from its blobs (no copy of
+    # it in the cache); else the cached file.
+    chunks = chunks_from_shelf(version, info["weights"])
+    state = tf.state_from_chunks(chunks) if chunks else None
+    weights = state if state is not None else version.path(info["weights"])
     if how.model is not None:
         return tf.load_weights(
             weights, tied, how.model, how.map_location, version.ref, allow_pickle=how.allow_pickle

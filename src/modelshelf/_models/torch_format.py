@@ -5,6 +5,7 @@ Imported only when a torch model is logged or loaded.
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import inspect
 import json
@@ -25,7 +26,7 @@ from .._errors import (
     UnsupportedModelError,
 )
 from .._format.records import clean_metadata
-from .._format.safetensors import cut
+from .._format.safetensors import cut, header_length
 from .pickles import pickle_kind, refuse
 
 WEIGHTS = "model.safetensors"
@@ -39,6 +40,7 @@ for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
                      ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64")):  # fmt: skip
     if hasattr(torch, _name):
         _DTYPES[getattr(torch, _name)] = _code
+_TORCH_DTYPES = {code: dtype for dtype, code in _DTYPES.items()}
 
 
 def is_lightning(model: Any) -> bool:
@@ -466,6 +468,78 @@ def load_trusted_pickle(path: Path, map_location: Any) -> Any:
             return torch.load(f, map_location=map_location, weights_only=False)
 
 
+def state_from_chunks(chunks: list[bytearray]) -> dict[str, torch.Tensor] | None:
+    """The tensors of a safetensors file held as ``chunks`` (its bytes, cut on tensor
+    boundaries), each a view of its chunk's memory: nothing is copied.
+
+    None when the layout is not one read here: an unknown dtype, a tensor across chunks, or a
+    header that does not describe the bytes exactly. The file is then assembled and read by
+    safetensors, which says what is wrong with it.
+    """
+    total = sum(len(c) for c in chunks)
+    n = header_length(bytes(chunks[0][:8]), total)
+    if n is None or 8 + n > len(chunks[0]):
+        return None
+    try:
+        header = json.loads(bytes(chunks[0][8 : 8 + n]))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    starts, at = [], 0
+    for c in chunks:
+        starts.append(at)
+        at += len(c)
+    state: dict[str, torch.Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        tensor = _tensor_in(chunks, starts, 8 + n, info)
+        if tensor is None:
+            return None
+        state[name] = tensor
+    return state
+
+
+def _tensor_in(
+    chunks: list[bytearray], starts: list[int], data_start: int, info: Any
+) -> torch.Tensor | None:
+    """One tensor of a chunked safetensors file, from the chunk that holds it."""
+    if not isinstance(info, dict) or info.get("dtype") not in _TORCH_DTYPES:
+        return None
+    dtype, shape, offsets = (
+        _TORCH_DTYPES[info["dtype"]],
+        info.get("shape"),
+        info.get("data_offsets"),
+    )
+    if not (
+        isinstance(shape, list)
+        and all(type(d) is int and d >= 0 for d in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int for o in offsets)
+    ):
+        return None
+    numel, size = 1, offsets[1] - offsets[0]
+    for d in shape:
+        numel *= d
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if offsets[0] < 0 or size != numel * itemsize:
+        return None
+    begin = data_start + offsets[0]
+    i = bisect.bisect_right(starts, begin) - 1
+    offset = begin - starts[i]
+    if offset + size > len(chunks[i]):
+        return None  # across two chunks: not how modelshelf cuts
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    if offset % itemsize:  # a misaligned view would be slow or refused: copy this one
+        return torch.frombuffer(bytearray(chunks[i][offset : offset + size]), dtype=dtype).reshape(
+            shape
+        )
+    return torch.frombuffer(chunks[i], dtype=dtype, count=numel, offset=offset).reshape(shape)
+
+
 def read_state(path: Path, device: str | int, ref: str, *, allow_pickle: bool) -> dict[str, Any]:
     """The tensors of a weights file: safetensors, or (only with ``allow_pickle``) a pickle.
 
@@ -495,7 +569,7 @@ def read_state(path: Path, device: str | int, ref: str, *, allow_pickle: bool) -
 
 
 def load_weights(
-    path: Path,
+    weights: Path | dict[str, Any],
     aliases: dict[str, str],
     model: torch.nn.Module,
     map_location: Any,
@@ -503,7 +577,8 @@ def load_weights(
     *,
     allow_pickle: bool = False,
 ) -> torch.nn.Module:
-    """Load the weights at ``path`` into ``model`` (strictly); return it in eval mode.
+    """Load the weights (a file, or tensors already read) into ``model`` (strictly); return
+    it in eval mode.
 
     A model built on the meta device takes the loaded tensors as its own (no copy), and its
     tied weights are tied again.
@@ -513,7 +588,10 @@ def load_weights(
         raise InvalidArgumentError(
             f"map_location={map_location!r}: give a device such as 'cpu', 'cuda:0' or torch.device."
         )
-    state = read_state(path, device, ref, allow_pickle=allow_pickle)
+    if isinstance(weights, dict):
+        state = dict(weights)
+    else:
+        state = read_state(weights, device, ref, allow_pickle=allow_pickle)
     for alias, canonical in aliases.items():
         state[alias] = state[canonical]
     assign = _on_meta(model)
@@ -559,7 +637,7 @@ class _StillOnMeta(Exception):
 
 def rebuild_and_load(
     rec: dict[str, Any],
-    path: Path,
+    path: Path | dict[str, Any],
     aliases: dict[str, str],
     map_location: Any,
     ref: str,

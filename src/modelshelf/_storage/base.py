@@ -24,6 +24,7 @@ import datetime as _dt
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import fsspec
@@ -127,6 +128,11 @@ class Storage:
         return p[len(root) + 1 :] if p.startswith(root + "/") else None
 
     # -- reads ---------------------------------------------------------------------------
+    def local_file(self, key: str) -> Path | None:
+        """A path on this machine that holds ``key``'s bytes, for a backend that has one (a
+        local or mounted folder); None elsewhere. Only for reading."""
+        return None
+
     def read(self, key: str) -> bytes:
         """Return the bytes at ``key`` (a record or manifest, at most MAX_READ_BYTES); raise
         FileNotFoundError when absent."""

@@ -90,6 +90,9 @@ class LocalStorage(Storage):
     def open_read(self, key: str) -> IO[bytes]:
         return open(self._local(key), "rb")
 
+    def local_file(self, key: str) -> Path | None:
+        return self._local(key)
+
     def exists(self, key: str) -> bool:
         return (self._local(key)).exists()
 
