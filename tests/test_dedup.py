@@ -345,6 +345,9 @@ def test_a_local_shelf_loads_chunks_straight_from_its_blobs(
     again = shelf.load_model(v.ref, model=frozen_body_with_head(seed=2))
     assert torch.equal(again[0].weight, model[0].weight)
     assert hashed == []  # trusted by stat data: read, not hashed
+    with torch.no_grad():  # the chunks are mapped privately: training on never reaches a blob
+        again[0].weight.add_(1.0)
+    v.verify()
 
     path = chunks[2][0]
     os.chmod(path, 0o644)
@@ -353,3 +356,32 @@ def test_a_local_shelf_loads_chunks_straight_from_its_blobs(
     path.write_bytes(bytes(data))  # same size, new mtime: no longer trusted
     with pytest.raises(ms.IntegrityError, match=r"chunk 3 of \d+ of 'model.safetensors'"):
         shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))
+
+
+def test_chunks_are_read_not_mapped_on_a_network_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a blob may vanish under a mapping (NFS, FUSE: Colab's Drive), chunks are read
+    into memory; the load is the same."""
+    from modelshelf._storage.local import networked
+
+    mounts = "/dev/sda1 / ext4 rw 0 0\nserver:/x /mnt/team nfs4 rw 0 0\n"
+    mounts += "drive /content/drive fuse.drive rw 0 0\n/dev/sdb /mnt/team/scratch ext4 rw 0 0\n"
+    assert networked(Path("/mnt/team/shelf"), mounts)
+    assert networked(Path("/content/drive/MyDrive/shelf"), mounts)
+    assert not networked(Path("/mnt/team/scratch/shelf"), mounts)  # a local disk inside
+    assert not networked(Path("/mnt/teams"), mounts)
+    assert not networked(Path("/home/me/shelf"), mounts)
+
+    shelf = ms.Shelf(str(tmp_path / "shelf"))
+    model = frozen_body_with_head()
+    v = shelf.log_model(model, name="m")
+    assert shelf.repository.storage.maps_safely  # this machine's temporary folder
+    monkeypatch.setattr(shelf.repository.storage, "maps_safely", False)
+    from modelshelf._core import download
+
+    chunks = download.chunks_from_shelf(v, WEIGHTS)
+    assert chunks is not None and all(isinstance(c, bytearray) for c in chunks)
+    got = shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(got.state_dict()[name], tensor), name

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import mmap
 import os
 import shutil
 import uuid
@@ -305,17 +306,18 @@ def download_file(repo: Repository, version: ArtifactVersion, rel: str) -> Path:
     return dest
 
 
-def chunks_from_shelf(version: ArtifactVersion, rel: str) -> list[bytearray] | None:
-    """The chunks of one file, read straight from a local shelf's blobs into memory: a load
-    that needs no copy of the whole file in the cache.
+def chunks_from_shelf(version: ArtifactVersion, rel: str) -> list[Buffer] | None:
+    """The chunks of one file straight from a local shelf's blobs: a load that needs no copy
+    of the whole file in the cache.
 
     Each chunk is checked: by its stat data when this machine hashed that very blob before
-    (as cache blobs are), else by hashing the bytes read. None when the file is not stored in
-    chunks, the shelf is not a folder on this machine, or the whole file is already in the
-    cache, checked (mapping that one file is faster still).
-
-    Read into memory, not mapped: on a mounted shelf (NFS, Drive), another machine's gc may
+    (as cache blobs are), else by hashing it. On local disk each is memory-mapped, privately
+    (a write to a tensor made from it never reaches the blob); on a network or FUSE mount
+    (NFS, Colab's Drive) each is read into memory instead, since another machine's gc may
     remove a blob of a deleted version, and a mapped page that is gone kills the process.
+
+    None when the file is not stored in chunks, the shelf is not a folder on this machine,
+    or the whole file is already in the cache, checked (then that one file is mapped).
     """
     entry = version.manifest.files.get(rel)
     storage = version.shelf.repository.storage
@@ -325,33 +327,42 @@ def chunks_from_shelf(version: ArtifactVersion, rel: str) -> list[bytearray] | N
         return None
     if entry.hex and hashcache.trusted_blob(blob_path(entry.hex), entry.hex):
         return None
-    out = []
     with shown(entry.size, f"load {version.ref}/{rel}"):
-        for i in range(len(entry.chunks)):
-            out.append(_chunk_in_memory(storage, version, rel, entry, i))
-    return out
+        return [_chunk(storage, version, rel, entry, i) for i in range(len(entry.chunks))]
 
 
-def _chunk_in_memory(
+#: What a chunk is held in: a private memory map of its blob, or its bytes read.
+Buffer = mmap.mmap | bytearray
+
+
+def _chunk(
     storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, i: int
-) -> bytearray:
+) -> Buffer:
     check = _ChunkCheck(storage, version, rel, entry, i)
     path = storage.local_file(check.key)
     assert path is not None
-    buf = bytearray(check.size)
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             trusted = st.st_size == check.size and hashcache.trusted_blob(path, check.digest)
-            view, n = memoryview(buf), 0
-            while n < check.size and (got := f.readinto(view[n:])):
-                n += got
-            extra = f.read(1)
+            buf: Buffer
+            if storage.maps_safely and st.st_size == check.size and check.size:
+                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                extra = b""
+            else:
+                buf = bytearray(check.size)
+                view, n = memoryview(buf), 0
+                while n < check.size and (got := f.readinto(view[n:])):
+                    n += got
+                view.release()
+                if n < check.size:
+                    del buf[n:]
+                extra = f.read(1)
     except FileNotFoundError:
         raise _missing(storage, version, rel, check.hex) from None
-    if trusted and n == check.size and not extra:
+    if trusted and len(buf) == check.size and not extra:
         return buf
-    check.add(view[:n])
+    check.add(memoryview(buf))
     check.add(extra)
     check.done()  # raises IntegrityError naming the chunk unless it is right
     hashcache.trust_if_unchanged(path, check.digest, st)

@@ -468,9 +468,10 @@ def load_trusted_pickle(path: Path, map_location: Any) -> Any:
             return torch.load(f, map_location=map_location, weights_only=False)
 
 
-def state_from_chunks(chunks: list[bytearray]) -> dict[str, torch.Tensor] | None:
-    """The tensors of a safetensors file held as ``chunks`` (its bytes, cut on tensor
-    boundaries), each a view of its chunk's memory: nothing is copied.
+def state_from_chunks(chunks: list[Any]) -> dict[str, torch.Tensor] | None:
+    """The tensors of a safetensors file held as ``chunks`` (its bytes cut on tensor
+    boundaries: writable buffers, memory maps or bytearrays), each a view of its chunk's
+    memory: nothing is copied.
 
     None when the layout is not one read here: an unknown dtype, a tensor across chunks, or a
     header that does not describe the bytes exactly. The file is then assembled and read by
@@ -502,7 +503,7 @@ def state_from_chunks(chunks: list[bytearray]) -> dict[str, torch.Tensor] | None
 
 
 def _tensor_in(
-    chunks: list[bytearray], starts: list[int], data_start: int, info: Any
+    chunks: list[Any], starts: list[int], data_start: int, info: Any
 ) -> torch.Tensor | None:
     """One tensor of a chunked safetensors file, from the chunk that holds it."""
     if not isinstance(info, dict) or info.get("dtype") not in _TORCH_DTYPES:

@@ -133,6 +133,11 @@ class Storage:
         local or mounted folder); None elsewhere. Only for reading."""
         return None
 
+    @property
+    def maps_safely(self) -> bool:
+        """Whether the files ``local_file`` gives may be memory-mapped (see LocalStorage)."""
+        return False
+
     def read(self, key: str) -> bytes:
         """Return the bytes at ``key`` (a record or manifest, at most MAX_READ_BYTES); raise
         FileNotFoundError when absent."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -39,6 +40,32 @@ def _fsync(fd: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
+
+
+#: Filesystem types (of /proc/mounts) whose files may go away under a mapping.
+_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
+               "lustre", "fuse", "fuseblk", "sshfs", "gcsfuse", "davfs")  # fmt: skip
+
+
+def networked(path: Path, mounts: str | None = None) -> bool:
+    """Whether ``path`` lies on a network or FUSE filesystem: the type of the longest mount
+    point above it in ``mounts`` (default: /proc/mounts; False where there is none)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return False
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind.split(".")[0] in _NETWORK_FS
 
 
 class LocalStorage(Storage):
@@ -92,6 +119,13 @@ class LocalStorage(Storage):
 
     def local_file(self, key: str) -> Path | None:
         return self._local(key)
+
+    @functools.cached_property
+    def maps_safely(self) -> bool:
+        """Whether files of this shelf can be memory-mapped without risk: not on a network or
+        FUSE filesystem, where a file another machine removes makes a mapped page fault
+        (SIGBUS). On local disk a removed file stays whole for whoever has it mapped."""
+        return not networked(self.base)
 
     def exists(self, key: str) -> bool:
         return (self._local(key)).exists()
