@@ -371,3 +371,25 @@ def test_binding_beyond_the_loopback_warns(shelf: ms.Shelf) -> None:
     said = "".join(lines)
     assert "warning: bound to '0.0.0.0'" in said and "anyone who can reach" in said
     assert "read-only" in said and "token=" not in said
+
+
+def test_a_damaged_artifact_does_not_take_the_home_page_down(tmp_path: Path) -> None:
+    from modelshelf._format.layout import ArtifactKeys, record_key
+    from modelshelf._format.records import dumps, loads
+
+    shelf = ms.Shelf(str(tmp_path / "s"))
+    f = tmp_path / "f"
+    for name in ("good", "bad"):
+        f.write_text(name)
+        shelf.log_artifact(str(f), name=name, type="model")
+    storage = shelf.repository.storage
+    key = record_key(ArtifactKeys("bad").versions, 0)
+    record = loads(storage.read(key), key)
+    storage.replace(key, dumps({**record, "version": 7}))  # says it is another version
+    page = client(ms.Shelf(shelf.url)).get("/")
+    assert page.status_code == 200
+    assert 'data-name="good"' in page.text and 'data-name="bad"' not in page.text
+    card = re.search(
+        r'<section class="card error" id="unreadable">(.*?)</section>', page.text, re.S
+    )
+    assert card is not None and "bad" in card.group(1) and "bad:v0" in card.group(1)

@@ -85,6 +85,8 @@ def home(shelf: Shelf, query: str = "") -> dict[str, Any]:
     """Artifacts grouped by type (versions, latest, aliases, size, last update), and what
     happened most recently: new versions, alias moves and runs."""
     rows = artifact_rows(shelf, query)
+    unreadable = [r for r in rows if "unreadable" in r]
+    rows = [r for r in rows if "unreadable" not in r]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["type"], []).append(r)
@@ -93,6 +95,7 @@ def home(shelf: Shelf, query: str = "") -> dict[str, Any]:
         "groups": dict(sorted(groups.items())),
         "count": len(rows),
         "activity": activity(shelf, rows),
+        "unreadable": unreadable,
     }
 
 
@@ -107,6 +110,8 @@ def artifact_rows(shelf: Shelf, query: str = "", aliases: bool = True) -> list[d
             summary = repo.summary(name)
         except NotFoundError:
             return None  # renamed: its new name has its own row
+        except (ModelshelfError, OSError) as exc:  # damaged: the others are still shown
+            return {"name": name, "unreadable": str(exc)}
         if summary.record is None:
             return None  # every version deleted
         record = summary.record
@@ -599,7 +604,7 @@ def dashboard(
     shelf: Shelf, type_: str, metric: str | None, mode: str, top: int, memo: Memo | None = None
 ) -> dict[str, Any]:
     """The top ``top`` versions by ``metric`` across every artifact of ``type_``."""
-    everything = artifact_rows(shelf, aliases=False)
+    everything = [r for r in artifact_rows(shelf, aliases=False) if "unreadable" not in r]
     types = sorted({r["type"] for r in everything})
     names = [r["name"] for r in everything if r["type"] == type_]
 
