@@ -393,3 +393,24 @@ def test_a_damaged_artifact_does_not_take_the_home_page_down(tmp_path: Path) -> 
         r'<section class="card error" id="unreadable">(.*?)</section>', page.text, re.S
     )
     assert card is not None and "bad" in card.group(1) and "bad:v0" in card.group(1)
+
+
+def test_a_tensor_preview_reads_only_the_header_chunk(tmp_path: Path) -> None:
+    """On a local shelf a chunked safetensors file is previewed from its mapped chunks: its
+    tensors are listed and the file is not copied into the cache."""
+    np = pytest.importorskip("numpy")
+    numpy_st = pytest.importorskip("safetensors.numpy")
+    from modelshelf._core.download import blob_path
+
+    arrays = {"body.weight": np.ones((512, 768), np.float32), "head.bias": np.zeros(10, np.int64)}
+    numpy_st.save_file(arrays, str(tmp_path / "model.safetensors"))
+    shelf = ms.Shelf(str(tmp_path / "s"))
+    v = shelf.log_artifact(str(tmp_path / "model.safetensors"), name="w", type="model")
+    entry = v.files["model.safetensors"]
+    assert len(v.manifest.files["model.safetensors"].chunks) > 1
+    html = client(shelf).get("/preview?ref=w:v0&path=model.safetensors").text
+    rows = re.findall(
+        r'<td class="mono">([^<]+)</td><td>(\w+)</td><td class="mono">([^<]+)</td>', html
+    )
+    assert rows == [("body.weight", "F32", "[512, 768]"), ("head.bias", "I64", "[10]")]
+    assert not blob_path(entry.digest.split(":", 1)[1]).exists()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .._core.download import chunks_from_shelf
 from .._errors import ModelshelfError, NotFoundError
 from .._features.cleanup import storage_report
 from .._features.diff import config_of, flatten, metrics_of, read_header
@@ -301,9 +302,10 @@ def preview(shelf: Shelf, ref: str, path: str) -> dict[str, Any]:
     kind = preview_kind(path, entry.size, entry.uri)
     if kind is None:
         return {"kind": None, "path": path, "why": "no preview for this file"}
-    local = v.path(path)
     if kind == "tensors":
-        header, _ = read_header(local)
+        header = _header_from_chunks(v, path)
+        if header is None:
+            header, _ = read_header(v.path(path))
         tensors = [
             {
                 "name": n,
@@ -316,6 +318,7 @@ def preview(shelf: Shelf, ref: str, path: str) -> dict[str, Any]:
         return {"kind": kind, "path": path, "tensors": tensors}
     if kind == "image":
         return {"kind": kind, "path": path}
+    local = v.path(path)
     if kind == "table":
         columns, rows = read_table(local)
         return {
@@ -332,6 +335,34 @@ def preview(shelf: Shelf, ref: str, path: str) -> dict[str, Any]:
         except (ValueError, RecursionError):
             kind = "text"
     return {"kind": kind, "path": path, "text": text, "truncated": entry.size > len(text)}
+
+
+def _header_from_chunks(v: Any, path: str) -> dict[str, Any] | None:
+    """A chunked safetensors file's tensors (name -> dtype, shape), from its first chunk,
+    when the shelf is a folder here (its chunks are mapped, checked, never copied); None
+    otherwise, or when anything about it is off (then the whole file is read and checked)."""
+    chunks = chunks_from_shelf(v, path)
+    if not chunks:
+        return None
+    first = bytes(chunks[0][:8])
+    n = int.from_bytes(first, "little") if len(first) == 8 else 0
+    try:
+        header = json.loads(bytes(chunks[0][8 : 8 + n])) if 2 <= n <= len(chunks[0]) - 8 else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    for info in header.values():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not (
+            isinstance(info, dict)
+            and isinstance(info.get("dtype"), str)
+            and isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+        ):
+            return None
+    return header
 
 
 # -- runs ---------------------------------------------------------------------------------
