@@ -7,7 +7,6 @@ Screenshots of every page go to build/ui-screenshots/ (look at them).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -255,6 +254,12 @@ def test_compare_from_the_table_shows_the_right_deltas(
     assert visitor.problems == []
 
 
+def tap(page: Any, node: str) -> None:
+    """Click a node of the lineage graph (as Cytoscape sees a click). The script returns
+    nothing: Playwright would otherwise serialise the whole graph it returns (seconds)."""
+    page.evaluate("id => { window.modelshelfGraph.getElementById(id).emit('tap'); }", node)
+
+
 def graph_state(page: Any) -> dict[str, Any]:
     return page.evaluate(
         """() => {
@@ -282,7 +287,7 @@ def test_lineage_graph_is_the_api_graph_and_explodes(
     )
     # Explode the dataset: every version of it, and the runs that made and used each.
     dataset = next(n["id"] for n in expected["nodes"] if n.get("name") == "digits")
-    page.evaluate(f"() => window.modelshelfGraph.getElementById({json.dumps(dataset)}).emit('tap')")
+    tap(page, dataset)
     page.get_by_role("button", name="Explode artifact").click()
     users = {f"run:{r.id}" for r in shelf.get("digits:v0").used_by()}
     page.wait_for_function(
@@ -300,14 +305,14 @@ def test_lineage_graph_is_the_api_graph_and_explodes(
     ]
     assert len(same_job) >= 2  # the pipeline's two trainings and the demo's
     run = same_job[0]
-    page.evaluate(f"() => window.modelshelfGraph.getElementById({json.dumps(run)}).emit('tap')")
+    tap(page, run)
     page.get_by_role("button", name="Collapse job type").click()
     collapsed = graph_state(page)
     assert f"group:job:{job}" in collapsed["nodes"]
     assert not set(same_job) & set(collapsed["nodes"])
     assert len(collapsed["nodes"]) == len(exploded["nodes"]) - len(same_job) + 1
     writer.shot("lineage-collapsed")
-    page.evaluate(f"() => window.modelshelfGraph.getElementById('group:job:{job}').emit('tap')")
+    tap(page, f"group:job:{job}")
     page.get_by_role("button", name="Expand").click()
     assert graph_state(page)["nodes"] == exploded["nodes"]
 
@@ -418,12 +423,12 @@ def test_a_graph_of_500_nodes_stays_usable(browser: Any, tmp_path: Path) -> None
         assert folded == sorted(["big-data:v0", "group:artifact:raw", "group:artifact:m", *runs])
         w.shot("lineage-500-folded")
         for group, count in (("group:artifact:m", 5 - 1 + 250), ("group:artifact:raw", 503)):
-            w.page.evaluate(f"() => window.modelshelfGraph.getElementById('{group}').emit('tap')")
+            tap(w.page, group)
             started = time.monotonic()
             w.page.get_by_role("button", name="Expand").click()
             assert len(graph_state(w.page)["nodes"]) == count
             print(f"{count} nodes laid out in {time.monotonic() - started:.2f} s")
-        w.page.evaluate("() => window.modelshelfGraph.getElementById('m:v7').emit('tap')")
+        tap(w.page, "m:v7")
         assert w.page.locator("#panel h2").inner_text() == "m:v7"
         w.shot("lineage-500-expanded")
         context.close()
