@@ -373,15 +373,25 @@ def test_chunks_are_read_not_mapped_on_a_network_mount(
     assert not networked(Path("/mnt/teams"), mounts)
     assert not networked(Path("/home/me/shelf"), mounts)
 
+    import mmap
+
+    from modelshelf._core import download
+
     shelf = ms.Shelf(str(tmp_path / "shelf"))
     model = frozen_body_with_head()
     v = shelf.log_model(model, name="m")
     assert shelf.repository.storage.maps_safely  # this machine's temporary folder
+    chunks = download.chunks_from_shelf(v, WEIGHTS)
+    assert chunks is not None and all(isinstance(c, mmap.mmap) for c in chunks)
     monkeypatch.setattr(shelf.repository.storage, "maps_safely", False)
-    from modelshelf._core import download
-
     chunks = download.chunks_from_shelf(v, WEIGHTS)
     assert chunks is not None and all(isinstance(c, bytearray) for c in chunks)
     got = shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))
     for name, tensor in model.state_dict().items():
         assert torch.equal(got.state_dict()[name], tensor), name
+    # Each map holds a file descriptor: a file of more chunks than an eighth of the limit on
+    # open files is read, not mapped.
+    monkeypatch.setattr(shelf.repository.storage, "maps_safely", True)
+    monkeypatch.setattr(download, "_mappable_chunks", lambda: len(chunks) - 1)
+    read = download.chunks_from_shelf(v, WEIGHTS)
+    assert read is not None and all(isinstance(c, bytearray) for c in read)

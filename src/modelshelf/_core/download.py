@@ -328,15 +328,29 @@ def chunks_from_shelf(version: ArtifactVersion, rel: str) -> list[Buffer] | None
     if entry.hex and hashcache.trusted_blob(blob_path(entry.hex), entry.hex):
         return None
     with shown(entry.size, f"load {version.ref}/{rel}"):
-        return [_chunk(storage, version, rel, entry, i) for i in range(len(entry.chunks))]
+        mapped = storage.maps_safely and len(entry.chunks) <= _mappable_chunks()
+        return [_chunk(storage, version, rel, entry, i, mapped) for i in range(len(entry.chunks))]
 
 
 #: What a chunk is held in: a private memory map of its blob, or its bytes read.
 Buffer = mmap.mmap | bytearray
 
 
+def _mappable_chunks() -> int:
+    """How many chunks of one file may be mapped: each map holds a file descriptor (Python's
+    mmap keeps its own) for as long as a tensor uses it, so a file of more chunks than an
+    eighth of the process's limit on open files is read instead."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 0
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft // 8
+
+
 def _chunk(
-    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, i: int
+    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, i: int, mapped: bool
 ) -> Buffer:
     check = _ChunkCheck(storage, version, rel, entry, i)
     path = storage.local_file(check.key)
@@ -346,7 +360,7 @@ def _chunk(
             st = os.fstat(f.fileno())
             trusted = st.st_size == check.size and hashcache.trusted_blob(path, check.digest)
             buf: Buffer
-            if storage.maps_safely and st.st_size == check.size and check.size:
+            if mapped and st.st_size == check.size and check.size:
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
                 extra = b""
             else:
