@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 #: A chunk on its own: a tensor this large, or a run of smaller ones once it reaches this.
 CHUNK_MIN = 1 << 20
@@ -29,6 +30,20 @@ def header_length(prefix: bytes, file_size: int) -> int | None:
         return None
     n = int.from_bytes(prefix[:8], "little")
     return n if 2 <= n <= min(HEADER_LIMIT, file_size - 8) else None
+
+
+def first_chunk_header(chunks: Sequence[Any]) -> tuple[dict[str, Any], int] | None:
+    """The header (JSON object) of a safetensors file held as ``chunks``, and where its data
+    starts, when the header lies whole in the first chunk (as modelshelf cuts); else None."""
+    first = chunks[0]
+    n = header_length(bytes(first[:8]), sum(len(c) for c in chunks))
+    if n is None or 8 + n > len(first):
+        return None
+    try:
+        header = json.loads(bytes(first[8 : 8 + n]))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return (header, 8 + n) if isinstance(header, dict) else None
 
 
 def tensor_sizes(header: bytes, data_size: int) -> list[int] | None:

@@ -9,6 +9,7 @@ import bisect
 import importlib
 import inspect
 import json
+import math
 import pickle
 import re
 import sys
@@ -26,7 +27,7 @@ from .._errors import (
     UnsupportedModelError,
 )
 from .._format.records import clean_metadata
-from .._format.safetensors import cut, header_length
+from .._format.safetensors import cut, first_chunk_header
 from .pickles import pickle_kind, refuse
 
 WEIGHTS = "model.safetensors"
@@ -477,16 +478,10 @@ def state_from_chunks(chunks: list[Any]) -> dict[str, torch.Tensor] | None:
     header that does not describe the bytes exactly. The file is then assembled and read by
     safetensors, which says what is wrong with it.
     """
-    total = sum(len(c) for c in chunks)
-    n = header_length(bytes(chunks[0][:8]), total)
-    if n is None or 8 + n > len(chunks[0]):
+    found = first_chunk_header(chunks)
+    if found is None:
         return None
-    try:
-        header = json.loads(bytes(chunks[0][8 : 8 + n]))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(header, dict):
-        return None
+    header, data_start = found
     starts, at = [], 0
     for c in chunks:
         starts.append(at)
@@ -495,7 +490,7 @@ def state_from_chunks(chunks: list[Any]) -> dict[str, torch.Tensor] | None:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        tensor = _tensor_in(chunks, starts, 8 + n, info)
+        tensor = _tensor_in(chunks, starts, data_start, info)
         if tensor is None:
             return None
         state[name] = tensor
@@ -521,10 +516,7 @@ def _tensor_in(
         and all(type(o) is int for o in offsets)
     ):
         return None
-    numel, size = 1, offsets[1] - offsets[0]
-    for d in shape:
-        numel *= d
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel, size, itemsize = math.prod(shape), offsets[1] - offsets[0], dtype.itemsize
     if offsets[0] < 0 or size != numel * itemsize:
         return None
     begin = data_start + offsets[0]

@@ -25,7 +25,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .._deps import require
-from .._errors import InvalidArgumentError, InvalidReferenceError, ModelshelfError, NotFoundError
+from .._errors import (
+    ConflictError,
+    InvalidArgumentError,
+    InvalidReferenceError,
+    ModelshelfError,
+    NotFoundError,
+)
 from .._shelf import Shelf
 from . import views
 
@@ -85,6 +91,7 @@ def create_app(
     names)."""
     require("starlette", "the web UI")
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -269,13 +276,11 @@ def create_app(
             return _refused(403, f"Cross-origin write from {origin!r} refused.")
         action = request.path_params["action"]
         fields = {k: str(v) for k, v in form.items()}
-        from starlette.concurrency import run_in_threadpool
-
         try:
             message, back = await run_in_threadpool(_apply, shelf, action, fields)
         except (ModelshelfError, ValueError, OSError) as exc:
             status = 404 if isinstance(exc, NotFoundError) else 400
-            if isinstance(exc, ModelshelfError) and type(exc).__name__ == "ConflictError":
+            if isinstance(exc, ConflictError):
                 status = 409
             return _refused(status, str(exc))
         if request.headers.get("hx-request"):

@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from .._features.diff import config_of, flatten, metrics_of, read_header
 from .._features.lineage import run_node, version_node
 from .._features.tables import read_table
 from .._format.records import parse_time
+from .._format.safetensors import first_chunk_header
 from .._progress import human_size
 from .._shelf import Shelf
 
@@ -342,16 +344,10 @@ def _header_from_chunks(v: Any, path: str) -> dict[str, Any] | None:
     when the shelf is a folder here (its chunks are mapped, checked, never copied); None
     otherwise, or when anything about it is off (then the whole file is read and checked)."""
     chunks = chunks_from_shelf(v, path)
-    if not chunks:
+    found = first_chunk_header(chunks) if chunks else None
+    if found is None:
         return None
-    first = bytes(chunks[0][:8])
-    n = int.from_bytes(first, "little") if len(first) == 8 else 0
-    try:
-        header = json.loads(bytes(chunks[0][8 : 8 + n])) if 2 <= n <= len(chunks[0]) - 8 else None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(header, dict):
-        return None
+    header = found[0]
     header.pop("__metadata__", None)
     for info in header.values():
         shape = info.get("shape") if isinstance(info, dict) else None
@@ -457,7 +453,9 @@ def compare(shelf: Shelf, refs: list[str]) -> dict[str, Any]:
                     p: [t.__dict__ for t in ts if t.status != "unchanged"]
                     for p, ts in d.tensors.items()
                 },
-                "tensor_counts": {p: _count(t.status for t in ts) for p, ts in d.tensors.items()},
+                "tensor_counts": {
+                    p: dict(Counter(t.status for t in ts)) for p, ts in d.tensors.items()
+                },
                 "tables": {
                     p: {**t.__dict__, "rows": table_rows(shelf, d.a, d.b, p)}
                     for p, t in d.tables.items()
@@ -482,13 +480,6 @@ def compare(shelf: Shelf, refs: list[str]) -> dict[str, Any]:
         "metadata": _side_by_side(metas),
         "diffs": diffs,
     }
-
-
-def _count(statuses: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in statuses:
-        out[s] = out.get(s, 0) + 1
-    return out
 
 
 def _side_by_side(dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
