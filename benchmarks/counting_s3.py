@@ -4,8 +4,9 @@ Run as a script (``python counting_s3.py PORT LATENCY_MS``), it serves moto's S3
 127.0.0.1:PORT from its own process. Every request first waits LATENCY_MS (in its own server
 thread, so concurrent requests wait side by side, as on a real network), then is counted by
 operation, and the bytes of request bodies are added up (``bytes sent``). ``GET /__counts__``
-answers the counts so far as JSON and starts them again; ``GET /__latency__/MS`` sets the
-latency. Neither is delayed nor counted.
+answers the counts so far as JSON and starts them again; ``GET /__trace__`` answers each
+request since the last trace ("METHOD /path?query"); ``GET /__latency__/MS`` sets the latency.
+None of these is delayed nor counted.
 
 The counts are taken by the server, so they hold every request a client makes, whichever
 library call made it (s3fs's file objects send their uploads outside ``_call_s3``).
@@ -26,6 +27,7 @@ from typing import Any
 
 COUNTS_PATH = "/__counts__"
 LATENCY_PATH = "/__latency__/"
+TRACE_PATH = "/__trace__"
 
 
 def operation(method: str, path: str, query: str) -> str:
@@ -56,6 +58,7 @@ def serve(port: int, latency: float) -> None:
 
     moto = DomainDispatcherApplication(create_backend_app)
     counts: collections.Counter[str] = collections.Counter()
+    trace: list[str] = []
     lock = threading.Lock()
     delay = [latency]
 
@@ -67,6 +70,12 @@ def serve(port: int, latency: float) -> None:
                 counts.clear()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
+        if path == TRACE_PATH:
+            with lock:
+                body = json.dumps(trace).encode()
+                trace.clear()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
         if path.startswith(LATENCY_PATH):
             delay[0] = float(path[len(LATENCY_PATH) :]) / 1000
             start_response("200 OK", [("Content-Type", "text/plain")])
@@ -75,6 +84,8 @@ def serve(port: int, latency: float) -> None:
         with lock:
             counts[operation(environ["REQUEST_METHOD"], path, environ.get("QUERY_STRING", ""))] += 1
             counts["bytes sent"] += int(environ.get("CONTENT_LENGTH") or 0)
+            query = environ.get("QUERY_STRING", "")
+            trace.append(f"{environ['REQUEST_METHOD']} {path}{'?' + query if query else ''}")
         return moto(environ, start_response)  # type: ignore[no-any-return]
 
     make_server(
@@ -108,6 +119,11 @@ class CountingS3:
     def take(self) -> dict[str, int]:
         with urllib.request.urlopen(self.endpoint + COUNTS_PATH, timeout=10) as r:
             return dict(json.loads(r.read()))
+
+    def trace(self) -> list[str]:
+        """Each request since the last ``trace()``, as "METHOD /path?query", in arrival order."""
+        with urllib.request.urlopen(self.endpoint + TRACE_PATH, timeout=10) as r:
+            return list(json.loads(r.read()))
 
     def latency(self, ms: float) -> None:
         with urllib.request.urlopen(f"{self.endpoint}{LATENCY_PATH}{ms}", timeout=10):

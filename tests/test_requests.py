@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,21 @@ def url(s3_endpoint: str, tmp_path: Path) -> str:
     return url
 
 
-def test_a_fresh_shelf_resolves_a_name_in_a_fixed_handful_of_requests(
-    url: str, calls: collections.Counter[str]
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Moves to "another machine": a download cache that has seen nothing of the shelf."""
+    machines = iter(range(1000))
+
+    def move() -> None:
+        monkeypatch.setenv("MODELSHELF_CACHE", str(tmp_path / f"machine{next(machines)}"))
+
+    return move
+
+
+def test_a_fresh_process_on_a_new_machine_resolves_a_ref_in_four_requests(
+    url: str, calls: collections.Counter[str], elsewhere: Callable[[], None]
 ) -> None:
+    elsewhere()
     calls.clear()
     latest = ms.Shelf(url).get("m")
     assert (latest.version, sorted(latest.aliases)) == (9, ["latest"])
@@ -62,10 +75,14 @@ def test_a_fresh_shelf_resolves_a_name_in_a_fixed_handful_of_requests(
     # the deleted v10 and v11 are known from their markers, unread
     assert dict(calls) == {"get_object": 3, "list_objects_v2": 1}
 
-    calls.clear()
-    best = ms.Shelf(url).get("m:best")
-    assert (best.version, best.aliases) == (3, ["best"])
-    assert sum(calls.values()) == 5  # and v3's record, fetched beside v9's
+    for ref, version, aliases in (("m:best", 3, ["best"]), ("m:v5", 5, [])):
+        elsewhere()
+        calls.clear()
+        got = ms.Shelf(url).get(ref)
+        assert (got.version, got.aliases) == (version, aliases)
+        # the root, the listing, the alias record and the version's: v9 is latest by the
+        # listing (no state record, no deletion marker), unread
+        assert dict(calls) == {"get_object": 3, "list_objects_v2": 1}, ref
 
     shelf = ms.Shelf(url)
     shelf.get("m:v4")
@@ -75,21 +92,75 @@ def test_a_fresh_shelf_resolves_a_name_in_a_fixed_handful_of_requests(
     assert dict(calls) == {"list_objects_v2": 1}  # records never change: only the listing
 
 
-def test_versions_read_neither_the_records_nor_the_states_of_deleted_versions(
+def test_a_machine_that_read_a_shelf_reads_the_root_and_one_listing_again(
+    url: str, calls: collections.Counter[str], elsewhere: Callable[[], None]
+) -> None:
+    """Records read once are kept on the machine by the MD5 the bucket lists for them: a new
+    process resolves with the root record and the listing, plus each record new since."""
+    elsewhere()
+    for ref in ("m", "m:best", "m:v4"):
+        ms.Shelf(url).get(ref)
+    for ref, version in (("m", 9), ("m:best", 3), ("m:v4", 4)):
+        calls.clear()
+        got = ms.Shelf(url).get(ref)
+        assert got.version == version
+        assert dict(calls) == {"get_object": 1, "list_objects_v2": 1}, ref
+    assert ms.Shelf(url).get("m:v4").tags == ["keep"]
+
+    ms.Shelf(url).get("m:v4").add_tags("new")  # a state record new since
+    calls.clear()
+    assert ms.Shelf(url).get("m:v4").tags == ["keep", "new"]
+    assert dict(calls) == {"get_object": 1, "list_objects_v2": 1}  # this machine wrote it
+    elsewhere()
+    calls.clear()
+    assert ms.Shelf(url).get("m:v4").tags == ["keep", "new"]
+    assert calls["get_object"] == 4  # root, alias record, v4's record and newest state
+
+
+def test_a_record_replaced_in_the_bucket_is_read_afresh_not_from_the_machine(
     url: str, calls: collections.Counter[str]
 ) -> None:
+    """What the machine kept is handed out only for the MD5 a fresh listing shows: bytes
+    put in a record's place (by fsck, by hand, a shelf made again at the address) are read."""
+    import s3fs
+
+    ms.Shelf(url).get("m:v9")  # kept on this machine
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    path = url.removeprefix("s3://")
+    eight = fs.cat_file(f"{path}/{ArtifactKeys('m').versions}/000000000008.json")
+    fs.pipe_file(f"{path}/{ArtifactKeys('m').versions}/000000000009.json", eight)
     calls.clear()
-    versions = ms.Shelf(url).versions("m")
-    assert [v.version for v in versions] == list(range(10))
-    assert versions[4].tags == ["keep"]
-    # root, listing, alias record, 10 live records, v4's newest state
-    assert calls["get_object"] == 1 + 1 + 10 + 1
-    assert calls["list_objects_v2"] == 1
+    with pytest.raises(ms.IntegrityError, match="v9"):
+        ms.Shelf(url).get("m:v9")
+    assert calls["get_object"] >= 2  # the root and the record, read again
+
+
+def test_records_kept_on_the_machine_are_checked_and_kept_apart_by_shelf(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    from modelshelf._core.hashcache import SeenRecords, prune_records
+
+    data = b'{"version": 1}'
+    md5 = hashlib.md5(data).hexdigest()
+    a, b = SeenRecords("s3://a/shelf"), SeenRecords("s3://b/shelf")
+    a.keep([("k", md5, data), ("wrong", hashlib.md5(b"other").hexdigest(), data)])
+    assert a.recall({"k": md5, "wrong": hashlib.md5(b"other").hexdigest()}) == {"k": data}
+    assert a.recall({"k": hashlib.md5(b"other").hexdigest()}) == {}  # replaced since
+    assert b.recall({"k": md5}) == {}  # another shelf's key of the same name
+
+    many = [(f"r{i}", hashlib.md5(b"%d" % i).hexdigest(), b"%d" % i) for i in range(40)]
+    a.keep(many)
+    prune_records(limit=20)
+    kept = a.recall({key: m for key, m, _ in many})
+    assert 0 < len(kept) <= 10 and "r39" in kept  # the older ones went
 
 
 def test_ls_reads_the_newest_record_of_each_artifact_not_every_version(
-    url: str, calls: collections.Counter[str]
+    url: str, calls: collections.Counter[str], elsewhere: Callable[[], None]
 ) -> None:
+    elsewhere()
     repo = ms.Shelf(url).repository
     calls.clear()
     summary = repo.summary("m")
@@ -155,3 +226,36 @@ def test_the_web_ui_reads_only_the_heads_again_on_a_bucket(
     warm = sum(calls.values())
     print(f"artifact page of 10 versions: {cold} requests, then {warm}")
     assert warm <= 6 and warm < cold, dict(calls)
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+def test_both_buckets_list_the_md5_that_records_are_kept_by(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """S3's ETag and GCS's md5Hash both name the bytes, so a fresh process on a machine that
+    read the shelf reads every record from the machine, and the same records."""
+    import hashlib
+
+    from conftest import make_url
+    from modelshelf._format.seqlog import Listing
+
+    url = make_url(backend, tmp_path, request)
+    shelf = ms.Shelf(url)
+    f = tmp_path / "w.bin"
+    for v in range(3):
+        f.write_bytes(b"weights %d" % v)
+        shelf.log_artifact(f, name="m", type="model", aliases=["best"] if v == 1 else [])
+    storage = shelf.repository.storage
+    listing = Listing(storage, ArtifactKeys("m").prefix)
+    versions = [k for k in listing.keys if k.startswith(ArtifactKeys("m").versions + "/")]
+    assert len(versions) == 3
+    for key in versions:
+        assert listing.md5[key] == hashlib.md5(storage.read(key)).hexdigest()
+
+    records = ms.Shelf(url).repository.labels.records
+    assert records.disk is not None
+    kept = records.disk.recall({k: listing.md5[k] for k in versions})
+    assert set(kept) == set(versions)  # written by this process, kept for the next
+    assert [(v.version, v.aliases) for v in ms.Shelf(url).versions("m")] == [
+        (0, []), (1, ["best"]), (2, ["latest"]),
+    ]  # fmt: skip

@@ -16,7 +16,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._config import cache_dir
@@ -54,6 +54,10 @@ def _connect() -> sqlite3.Connection | None:
             " (digest TEXT PRIMARY KEY, chunks TEXT, key TEXT)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS chunk_files_by_key ON chunk_files (key)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS records"
+            " (shelf TEXT, key TEXT, md5 TEXT, data BLOB, at REAL, PRIMARY KEY (shelf, key))"
+        )
         conn.execute("CREATE TABLE IF NOT EXISTS used (digest TEXT PRIMARY KEY, at REAL)")
         conn.execute("CREATE TABLE IF NOT EXISTS logged_refs (uri TEXT PRIMARY KEY, at REAL)")
     except (OSError, sqlite3.Error):
@@ -248,3 +252,71 @@ def last_used() -> dict[str, float]:
             return {str(d): float(at) for d, at in conn.execute("SELECT digest, at FROM used")}
         except sqlite3.Error:
             return {}
+
+
+# -- records of shelves on object stores ---------------------------------------------------
+#: At most this many records are kept (about 1 KB each); past it, the older half goes.
+MAX_RECORDS = 50_000
+_SQL_VARIABLES = 500  # keys per query, under SQLite's limit on bound parameters
+
+
+class SeenRecords:
+    """Log records of the shelf at ``shelf`` (its URL) that this machine read or wrote, kept
+    by key and the MD5 of their bytes (a ``RecordStore`` for ``RecordCache``).
+
+    A record is handed out only for the MD5 that a fresh listing of the bucket reports for its
+    key, and is kept only when its bytes have that MD5: what is handed out is what the bucket
+    holds now, whatever happened to the key meanwhile. The URL is part of the key, so that no
+    shelf can place a record (two byte strings of one MD5 can be made) where another shelf's
+    is looked up.
+    """
+
+    _writes = 0  # records kept by this process, to prune now and then
+
+    def __init__(self, shelf: str) -> None:
+        self.shelf = shelf
+
+    def recall(self, wanted: Mapping[str, str]) -> dict[str, bytes]:
+        keys = list(wanted)
+        out: dict[str, bytes] = {}
+        with _LOCK:
+            conn = _connect()
+            if conn is None:
+                return {}
+            for i in range(0, len(keys), _SQL_VARIABLES):
+                part = keys[i : i + _SQL_VARIABLES]
+                marks = ",".join("?" * len(part))
+                try:
+                    rows = conn.execute(
+                        f"SELECT key, md5, data FROM records WHERE shelf=? AND key IN ({marks})",
+                        (self.shelf, *part),
+                    ).fetchall()
+                except sqlite3.Error:
+                    return out
+                out.update({k: bytes(d) for k, m, d in rows if wanted.get(k) == m})
+        return out
+
+    def keep(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        at = time.time()
+        good = [
+            (self.shelf, key, md5, data, at)
+            for key, md5, data in rows
+            if hashlib.md5(data, usedforsecurity=False).hexdigest() == md5
+        ]
+        if not good:
+            return
+        _write("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)", *good)
+        SeenRecords._writes += len(good)
+        if SeenRecords._writes >= 1000:
+            SeenRecords._writes = 0
+            prune_records()
+
+
+def prune_records(limit: int = MAX_RECORDS) -> None:
+    """Forget the older half of the kept records when there are more than ``limit``."""
+    count = _row("SELECT COUNT(*) FROM records", ())
+    if count is not None and count[0] > limit:
+        _write(
+            "DELETE FROM records WHERE rowid IN (SELECT rowid FROM records ORDER BY at LIMIT ?)",
+            (count[0] - limit // 2,),
+        )

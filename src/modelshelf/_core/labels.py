@@ -32,6 +32,7 @@ from .._format.records import (
 )
 from .._format.seqlog import Listing, RecordCache, SeqLog
 from .._storage import Storage
+from .hashcache import SeenRecords
 
 
 def _version_or_none(value: object) -> int | None:
@@ -65,7 +66,8 @@ class Labels:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._stored: dict[str, str] = {}
-        self.records = RecordCache()
+        # On an object store, records are kept on this machine too, for the next process.
+        self.records = RecordCache(disk=SeenRecords(storage.url) if storage.lists_heads else None)
         self._local = threading.local()  # this thread's listings in use (see ``listed``)
 
     # -- reading as of one listing ---------------------------------------------------------
@@ -113,31 +115,51 @@ class Labels:
             return None
         return self.storage.try_read(key)
 
-    def prefetch(self, name: str, versions: list[int]) -> None:
+    def prefetch(self, name: str, versions: list[int], *, newest: bool = True) -> None:
         """Read at once, into the record cache, what resolving a version of ``name`` reads one
-        by one: the alias head, the newest version record not marked deleted, and each of
-        ``versions``' record and newest state, as the listing in use shows them (without one:
-        nothing)."""
+        by one: the alias head, the newest version record not marked deleted (unless
+        ``newest`` is False and ``live_head`` tells it unread), and each of ``versions``'
+        record and newest state, as the listing in use shows them (without one: nothing)."""
         keys = self.keys(name)
         listing = self.listing_for(keys.versions + "/")
         if listing is None:
             return
         wanted = []
         gone = self.marked_deleted(name)
-        newest = [n for n in listing.numbers(keys.versions) if n not in gone]
+        live = [n for n in listing.numbers(keys.versions) if n not in gone]
         aliases = listing.numbers(keys.aliases)
         if aliases:
             wanted.append(keys.aliases + f"/{aliases[-1]:012d}.json")
-        for n in {*versions, *newest[-1:]}:
+        if not newest and self.live_head(name) is not None:
+            live = []
+        for n in {*versions, *live[-1:]}:
             wanted.append(keys.versions + f"/{n:012d}.json")
             states = listing.numbers(keys.state(n))
             if states:
                 wanted.append(keys.state(n) + f"/{states[-1]:012d}.json")
-        missing = [k for k in wanted if listing.has(k) and self.records.get(k) is None]
-        for key, data in self.storage.read_many(missing).items():
+        listed = [k for k in wanted if listing.has(k)]
+        kept = self.records.get_many(listed, listing)
+        decoded = {}
+        for key, data in self.storage.read_many([k for k in listed if k not in kept]).items():
             with contextlib.suppress(UnreadableRecord):
                 loads(data, self.storage.describe(key))
-                self.records.put(key, data)  # it decoded: it never changes again
+                decoded[key] = data  # it decoded: it never changes again
+        self.records.put_many(decoded, listing)
+
+    def live_head(self, name: str) -> int | None:
+        """The newest version of ``name`` if the listing in use shows it live without a read:
+        the newest record not marked deleted (a marker is final) whose version was never
+        changed (deleting writes a state record first). None when that takes reading, or
+        without a listing."""
+        keys = self.keys(name)
+        listing = self.listing_for(keys.versions + "/")
+        if listing is None:
+            return None
+        gone = self.marked_deleted(name)
+        live = [n for n in listing.numbers(keys.versions) if n not in gone]
+        if not live or listing.numbers(keys.state(live[-1])):
+            return None
+        return live[-1]
 
     # -- where a name's records are ------------------------------------------------------
     def stored_as(self, name: str) -> str:
@@ -226,14 +248,14 @@ class Labels:
             n = ArtifactKeys.state_version(key)
             if n is not None and n not in skip and record_number(key) is not None:
                 latest[n] = max(latest.get(n, ""), key)
-        cached = {k: d for k in latest.values() if (d := self.records.get(k)) is not None}
+        cached = self.records.get_many(latest.values(), listing)
         got = {**cached, **self.storage.read_many([k for k in latest.values() if k not in cached])}
         states = {}
         for n, key in latest.items():
             if key in got:
                 try:
                     states[n] = loads(got[key], self.storage.describe(key))
-                    self.records.put(key, got[key])  # it decoded: it never changes again
+                    self.records.put(key, got[key], listing)  # it decoded: it never changes
                 except UnreadableRecord:  # the newest change is being written, or torn
                     head = self.log(self.keys(name).state(n), hint=False).head()
                     if head[1] is not None:

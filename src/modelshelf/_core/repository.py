@@ -248,7 +248,8 @@ class Repository:
         cached = hashcache.lookup(path, st)
         if cached is None and self.storage.hash_before_upload:
             cached = hashcache.file_digest(path)  # hash first: skip uploads of known bytes
-        if cached is not None and self.storage.exists(blob_key(cached)):
+        unasked = st.st_size <= self.storage.upload_unasked_bytes
+        if cached is not None and not unasked and self.storage.exists(blob_key(cached)):
             return cached, st.st_size
         changed = ConflictError(f"{str(path)!r} changed while it was being stored; log it again.")
         try:
@@ -462,7 +463,11 @@ class Repository:
         with self._reading(parsed.name):
             if not follow_renames:
                 self.check_live(parsed.name)
-            self.labels.prefetch(parsed.name, [] if parsed.version is None else [parsed.version])
+            self.labels.prefetch(
+                parsed.name,
+                [] if parsed.version is None else [parsed.version],
+                newest=parsed.alias == LATEST,
+            )
             return self._get(parsed, ref)
 
     @contextlib.contextmanager
@@ -477,8 +482,10 @@ class Repository:
 
     def _get(self, parsed: Ref, ref: str) -> ArtifactVersion:
         aliases = self.labels.alias_map(parsed.name)
-        newest = self._latest(parsed.name)
-        latest = None if newest is None else newest[0]
+        # Which version is latest: for another ref, the listing often tells it unread.
+        live = None if parsed.alias == LATEST else self.labels.live_head(parsed.name)
+        newest = None if live is not None else self._latest(parsed.name)
+        latest = live if live is not None else None if newest is None else newest[0]
         log = self.labels.versions_log(parsed.name)
         head = log.head()[0] if latest is None else latest
         if latest is None and not (parsed.version is not None and parsed.version <= head):
@@ -503,7 +510,8 @@ class Repository:
                 f"newest version is v{latest}.",
                 ref=str(ref),
             )
-        self.labels.prefetch(parsed.name, [number])  # an alias's version, with its state
+        # an alias's version, with its state
+        self.labels.prefetch(parsed.name, [number], newest=live is None)
         record = log.get(number)
         if newest is not None and number == newest[0]:
             state: Record | None = newest[1]  # read just now, by _latest

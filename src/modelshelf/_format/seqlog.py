@@ -23,11 +23,13 @@ reader skips the same way, without waiting.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 from .._errors import ConflictError
 from .._storage import Storage
@@ -68,6 +70,19 @@ def settled(storage: Storage, key: str, first_seen: dict[str, tuple[float, int]]
     return time.monotonic() - seen[0] > TORN_AFTER_SECONDS
 
 
+class RecordStore(Protocol):
+    """Where a ``RecordCache`` keeps records beyond its process: by key and the MD5 of their
+    bytes as a listing reports it (see ``_core.hashcache.SeenRecords``)."""
+
+    def recall(self, wanted: Mapping[str, str]) -> dict[str, bytes]:
+        """The records of ``wanted`` (key: MD5) kept with that very MD5."""
+        ...
+
+    def keep(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        """Keep each (key, MD5, bytes) whose bytes have that MD5."""
+        ...
+
+
 class RecordCache:
     """The bytes of log records that decoded, by key, for one reader of a shelf.
 
@@ -76,19 +91,58 @@ class RecordCache:
     record, so that no caller can change what another one reads). Absent and torn records
     are never kept: they may appear, or be written again. Only ``fsck --repair`` replaces a
     record that decodes, and it runs while no one else uses the shelf.
+
+    With ``disk`` (object stores), records are also kept on this machine for the next
+    process, by the MD5 the listing in use reports for their key: one is taken from there
+    only when a fresh listing reports the same MD5, so a record replaced since, or a shelf
+    made again at the same address, is read afresh.
     """
 
     MAX_RECORDS = 4096
 
-    def __init__(self, max_records: int = MAX_RECORDS) -> None:
+    def __init__(self, max_records: int = MAX_RECORDS, disk: RecordStore | None = None) -> None:
         self._data: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.max_records = max_records
+        self.disk = disk
 
-    def get(self, key: str) -> bytes | None:
-        return self._data.get(key)
+    def get(self, key: str, listing: Listing | None = None) -> bytes | None:
+        data = self._data.get(key)
+        if data is None and listing is not None:
+            data = self.get_many([key], listing).get(key)
+        return data
 
-    def put(self, key: str, data: bytes) -> None:
+    def get_many(self, keys: Iterable[str], listing: Listing | None) -> dict[str, bytes]:
+        """Those of ``keys`` kept here, or on disk with the MD5 ``listing`` shows."""
+        got = {k: d for k in keys if (d := self._data.get(k)) is not None}
+        if self.disk is not None and listing is not None:
+            wanted = {k: m for k in keys if k not in got and (m := listing.md5.get(k))}
+            if wanted:
+                for key, data in self.disk.recall(wanted).items():
+                    self._remember(key, data)
+                    got[key] = data
+        return got
+
+    def put(self, key: str, data: bytes, listing: Listing | None = None) -> None:
+        self.put_many({key: data}, listing)
+
+    def put_many(self, records: Mapping[str, bytes], listing: Listing | None) -> None:
+        """Keep ``records`` (they decoded), and on disk those whose MD5 ``listing`` shows."""
+        for key, data in records.items():
+            self._remember(key, data)
+        if self.disk is not None and listing is not None:
+            rows = [(k, m, d) for k, d in records.items() if (m := listing.md5.get(k))]
+            if rows:
+                self.disk.keep(rows)
+
+    def wrote(self, key: str, data: bytes) -> None:
+        """Keep a record this process has just created: on disk by the MD5 of its bytes,
+        which a later listing reports where the store lists MD5s (else it is never found)."""
+        self._remember(key, data)
+        if self.disk is not None:
+            self.disk.keep([(key, hashlib.md5(data, usedforsecurity=False).hexdigest(), data)])
+
+    def _remember(self, key: str, data: bytes) -> None:
         with self._lock:
             if len(self._data) >= self.max_records:
                 # Forget the older half (dicts keep insertion order): a script's working set is
@@ -103,12 +157,15 @@ class Listing:
 
     Reads that go by a listing see the shelf as it was when it was taken: a key it does not
     show is taken as absent without a request, and a log's head is its newest record key. A
-    record, once written, is never removed, so every record it shows can be read.
+    record, once written, is never removed, so every record it shows can be read. ``md5``:
+    the MD5 of each key's bytes, where the store lists it.
     """
 
     def __init__(self, storage: Storage, prefix: str) -> None:
         self.prefix = prefix
-        self.keys = frozenset(storage.find(prefix))
+        found = storage.find_fingerprints(prefix)
+        self.keys = frozenset(found)
+        self.md5 = {k: m for k, m in found.items() if m}
 
     def covers(self, key: str) -> bool:
         return key.startswith(self.prefix + "/")
@@ -168,7 +225,7 @@ class SeqLog:
         """Record ``n`` as stored (void records included), or None if there is none;
         UnreadableRecord if it does not decode."""
         key = self.key(n)
-        data = self.cache.get(key) if self.cache is not None else None
+        data = self.cache.get(key, self.listing) if self.cache is not None else None
         if data is None:
             if self.listing is not None and not self.listing.has(key):
                 return None
@@ -177,7 +234,7 @@ class SeqLog:
                 return None
             record = loads(data, self.storage.describe(key))
             if self.cache is not None:
-                self.cache.put(key, data)  # it decoded: it never changes again
+                self.cache.put(key, data, self.listing)  # it decoded: it never changes again
             return record
         return loads(data, self.storage.describe(key))
 
@@ -311,7 +368,7 @@ class SeqLog:
             data = dumps(record)
             if self.storage.create(self.key(n + 1), data):
                 if self.cache is not None:
-                    self.cache.put(self.key(n + 1), data)
+                    self.cache.wrote(self.key(n + 1), data)
                 with contextlib.suppress(OSError):
                     self._write_hint(n + 1)
                 return n + 1, record
@@ -352,20 +409,22 @@ class SeqLog:
         numbers = self._records()
         keys = [k for k, n in sorted(numbers.items()) if n not in skip]
         cache = self.cache
-        got = {k: d for k in keys if cache is not None and (d := cache.get(k)) is not None}
+        got = cache.get_many(keys, self.listing) if cache is not None else {}
         got.update(self.storage.read_many([k for k in keys if k not in got]))
+        decoded = {}
         out = []
         for key in keys:
             n = numbers[key]
             if key in got:
                 try:
                     record = loads(got[key], self.storage.describe(key))
-                    if cache is not None:
-                        cache.put(key, got[key])  # it decoded: it never changes again
+                    decoded[key] = got[key]  # it decoded: it never changes again
                     if VOID not in record:
                         out.append((n, record))
                 except UnreadableRecord as exc:
                     logger.debug("%s", exc)
                     if unreadable is not None:
                         unreadable(n, exc)
+        if cache is not None:
+            cache.put_many(decoded, self.listing)
         return sorted(out, key=lambda item: item[0])

@@ -95,6 +95,10 @@ class Storage:
     #: store: known bytes are then not uploaded at all).
     hash_before_upload: ClassVar[bool] = False
 
+    #: Files up to this size are stored without first asking whether their bytes are there:
+    #: on a remote store, asking costs a request and a round trip, as sending them does.
+    upload_unasked_bytes: ClassVar[int] = 0
+
     #: Whether one listing of a prefix is as cheap as one read (an object store: one request
     #: per thousand keys). Logs of records then find their head by listing, not by probing.
     lists_heads: ClassVar[bool] = False
@@ -202,6 +206,20 @@ class Storage:
             if key is not None:
                 out[key] = (int(info.get("size") or 0), _mtime(info))
         return out
+
+    def find_fingerprints(self, prefix: str) -> dict[str, str | None]:
+        """Every key under ``prefix`` with the MD5 (hex) of its bytes as the listing reports
+        it, or None where it reports none (local disk; a multipart or encrypted object)."""
+        out = {}
+        for p, info in self._found(prefix).items():
+            key = self._relative(p)
+            if key is not None:
+                out[key] = self.listed_md5(info)
+        return out
+
+    def listed_md5(self, info: dict[str, Any]) -> str | None:
+        """The MD5 of an object's bytes as its listing entry ``info`` states it, if it does."""
+        return None
 
     def _found(self, prefix: str) -> dict[str, dict[str, Any]]:
         """fsspec's ``find(..., detail=True)`` of everything under ``prefix`` ({} if none)."""
