@@ -64,8 +64,10 @@ def main() -> None:
         put, get = s3["s3fs: put one small file (baseline)"], s3["s3fs: read it back (baseline)"]
         for label, row, base in (
             ("log a small file", "log_artifact of one small file", put),
-            ("get(name) from a fresh Shelf", "get('name') from a fresh Shelf", get),
-        ):
+            ("get(name), fresh Shelf, new machine", "get('art4'), fresh Shelf, new machine", get),
+            ("get(name), fresh Shelf, machine read it", "get('art4'), fresh Shelf, machine read it",
+             get),
+        ):  # fmt: skip
             mine = s3[row]
             lines.append(f"| S3, {ms:g} ms a request: {label} / s3fs by hand (requests: "
                          f"{mine['requests']} / {base['requests']}) | - | "
