@@ -81,6 +81,14 @@ def main() -> None:
 
         small = tmp / "small.bin"
         small.write_bytes(b"one more")
+        resolves = {}
+        for ref in ("art4", "art4:v5", "art4:best"):
+            resolves[f"get('{ref}'), fresh Shelf, new machine"] = measure(
+                lambda ref=ref: (new_machine(), ms.Shelf(url).get(ref))
+            )
+            resolves[f"get('{ref}'), fresh Shelf, machine read it"] = measure(
+                lambda ref=ref: ms.Shelf(url).get(ref)
+            )
         rows = {
             "s3fs: put one small file (baseline)": measure(
                 lambda: fs.pipe_file("bench-shelf/by-hand/small.bin", b"one more")
@@ -91,16 +99,7 @@ def main() -> None:
             "log_artifact of one small file": measure(
                 lambda: shelf.log_artifact(small, name="art2", type="model")
             ),
-            **{
-                row: figure
-                for ref in ("art4", "art4:v5", "art4:best")
-                for row, figure in (
-                    (f"get('{ref}'), fresh Shelf, new machine",
-                     measure(lambda ref=ref: (new_machine(), ms.Shelf(url).get(ref)))),
-                    (f"get('{ref}'), fresh Shelf, machine read it",
-                     measure(lambda ref=ref: ms.Shelf(url).get(ref))),
-                )
-            },  # fmt: skip
+            **resolves,
             "get('name') again, same Shelf": measure(lambda: shelf.get("art4")),
             "versions(name), fresh Shelf, new machine": measure(
                 lambda: (new_machine(), ms.Shelf(url).versions("art4"))
