@@ -358,6 +358,52 @@ def test_a_local_shelf_loads_chunks_straight_from_its_blobs(
         shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/{fd,maps}")
+def test_a_torch_load_maps_each_chunk_without_holding_a_file_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyTorch's private maps close their descriptor (Python's mmap keeps one per map), so
+    a model of any number of chunks is mapped, not read, and each map goes with its tensors."""
+    import gc
+
+    from modelshelf._core import download
+    from modelshelf._models import torch_format as tf
+
+    shelf_dir = tmp_path / "shelf"
+    shelf = ms.Shelf(str(shelf_dir))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(512, 512, bias=False) for _ in range(12)])
+    v = shelf.log_model(model, name="m")
+    chunks_stored = len(v.manifest.files[WEIGHTS].chunks)
+    assert chunks_stored >= 12
+    monkeypatch.setattr(download, "_mappable_chunks", lambda: 0)  # as if few files could open
+
+    def mapped_blobs() -> set[str]:
+        with open("/proc/self/maps") as f:
+            return {line.split()[-1] for line in f if str(shelf_dir) in line}
+
+    fds = len(os.listdir("/proc/self/fd"))
+    chunks = download.chunks_from_shelf(v, WEIGHTS, map_file=tf.map_private)
+    assert chunks is not None
+    state = tf.state_from_chunks(chunks)
+    assert state is not None and len(os.listdir("/proc/self/fd")) == fds
+    assert len(mapped_blobs()) == chunks_stored  # mapped, every one, none read
+    del chunks
+    gc.collect()
+    assert len(mapped_blobs()) == chunks_stored - 1  # the header's went: no tensor views it
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(state[name], tensor), name
+    del state
+    gc.collect()
+    assert mapped_blobs() == set()  # released with the last tensor
+
+    got = shelf.load_model(v.ref, model=torch.nn.Sequential(
+        *[torch.nn.Linear(512, 512, bias=False) for _ in range(12)]
+    ))  # fmt: skip
+    assert torch.equal(got[5].weight, model[5].weight)
+    v.verify()
+
+
 def test_chunks_are_read_not_mapped_on_a_network_mount(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

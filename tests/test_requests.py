@@ -259,3 +259,86 @@ def test_both_buckets_list_the_md5_that_records_are_kept_by(
     assert [(v.version, v.aliases) for v in ms.Shelf(url).versions("m")] == [
         (0, []), (1, ["best"]), (2, ["latest"]),
     ]  # fmt: skip
+
+
+def test_a_large_blob_goes_up_in_parts_side_by_side_and_reads_back_whole(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from modelshelf._storage.objectstore import PART_BYTES
+
+    shelf = ms.Shelf(f"s3://{new_bucket(s3_endpoint)}/shelf")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 * PART_BYTES + 12345))
+    version = shelf.log_artifact(big, name="big", type="model")
+    storage = shelf.repository.storage
+    (key,) = storage.find("blobs")
+    etag = storage.fs.info(storage.path(key))["ETag"]
+    assert etag.strip('"').endswith("-3")  # the bucket's word: three parts, completed
+    assert (version.download(tmp_path / "back") / "big.bin").read_bytes() == big.read_bytes()
+    version.verify()  # raises on any mismatch
+
+    # It comes back as ranges side by side: one byte more or less in the bucket is refused.
+    data = big.read_bytes()
+    for i, damaged in enumerate((data + b"!", data[:-1], data[: PART_BYTES + 5])):
+        storage.fs.pipe_file(storage.path(key), damaged)
+        monkeypatch.setenv("MODELSHELF_CACHE", str(tmp_path / f"cache{i}"))  # nothing cached
+        with pytest.raises(ms.IntegrityError):
+            ms.Shelf(shelf.url).get("big").download(tmp_path / f"bad{i}")
+
+
+def _open_uploads(fs: Any, bucket: str) -> list[Any]:
+    return list(fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []))
+
+
+def test_parts_whose_bytes_are_not_what_was_hashed_are_never_completed(
+    s3_endpoint: str,
+) -> None:
+    """The whole is hashed as the parts go: bytes that changed since they were hashed, or a
+    reader that fails halfway, abort the upload; nothing is visible under the key, and no
+    upload is left open in the bucket."""
+    import hashlib
+
+    import s3fs
+
+    from modelshelf._storage import ChangedWhileReading, open_storage
+    from modelshelf._storage.objectstore import PART_BYTES
+
+    bucket = new_bucket(s3_endpoint)
+    storage = open_storage(f"s3://{bucket}/shelf")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    data = b"x" * (2 * PART_BYTES + 1)
+
+    def chunks() -> list[bytes]:
+        return [data[i : i + 1_000_000] for i in range(0, len(data), 1_000_000)]
+
+    with pytest.raises(ChangedWhileReading):
+        storage.put_stream(chunks, lambda h: f"blobs/{h}", expected="0" * 64)
+    assert storage.find("blobs") == [] and _open_uploads(fs, bucket) == []
+
+    def failing() -> Any:
+        yield from chunks()[:20]  # two parts' worth, then the reader fails
+        raise OSError("disk went away")
+
+    right = hashlib.sha256(data).hexdigest()
+    with pytest.raises(OSError, match="went away"):
+        storage.put_stream(failing, lambda h: f"blobs/{h}", expected=right)
+    assert storage.find("blobs") == [] and _open_uploads(fs, bucket) == []
+
+    assert storage.put_stream(chunks, lambda h: f"blobs/{h}", expected=right) == (right, len(data))
+    assert storage.read_many([f"blobs/{right}"])[f"blobs/{right}"] == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 19, 20, 21, 45])
+def test_parts_cut_the_bytes_at_the_part_size(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from modelshelf._storage import objectstore
+
+    monkeypatch.setattr(objectstore, "PART_BYTES", 10)
+    data = bytes(range(size))
+    hasher = hashlib.sha256()
+    parts = list(objectstore._parts([data[:7], data[7:]], hasher))
+    assert parts == ([data[i : i + 10] for i in range(0, size, 10)] or [b""])
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()

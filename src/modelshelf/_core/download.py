@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._config import cache_dir
 from .._errors import IntegrityError
@@ -65,7 +65,7 @@ def _source(
     h = entry.hex or ""
     if not storage.exists(blob_key(h)):
         raise _missing(storage, version, rel, h)
-    return storage.iter_chunks(blob_key(h))
+    return storage.iter_chunks(blob_key(h), entry.size)
 
 
 def _missing(
@@ -133,7 +133,7 @@ def _streamed_chunk(
     """The bytes of chunk ``i`` as they are read; IntegrityError once they prove wrong."""
     check = _ChunkCheck(storage, version, rel, entry, i)
     try:
-        for buf in storage.iter_chunks(check.key):
+        for buf in storage.iter_chunks(check.key, check.size):
             if not check.add(buf):
                 break
             yield buf
@@ -306,7 +306,9 @@ def download_file(repo: Repository, version: ArtifactVersion, rel: str) -> Path:
     return dest
 
 
-def chunks_from_shelf(version: ArtifactVersion, rel: str) -> list[Buffer] | None:
+def chunks_from_shelf(
+    version: ArtifactVersion, rel: str, map_file: MapFile | None = None
+) -> list[Buffer] | None:
     """The chunks of one file straight from a local shelf's blobs: a load that needs no copy
     of the whole file in the cache.
 
@@ -315,6 +317,11 @@ def chunks_from_shelf(version: ArtifactVersion, rel: str) -> list[Buffer] | None
     (a write to a tensor made from it never reaches the blob); on a network or FUSE mount
     (NFS, Colab's Drive) each is read into memory instead, since another machine's gc may
     remove a blob of a deleted version, and a mapped page that is gone kills the process.
+
+    ``map_file(path, size)``: how to map a blob privately without holding a file descriptor
+    (PyTorch's maps close theirs); without it, Python's ``mmap`` is used, which keeps a
+    descriptor per map, so a file of more chunks than an eighth of the limit on open files is
+    read instead.
 
     None when the file is not stored in chunks, the shelf is not a folder on this machine,
     or the whole file is already in the cache, checked (then that one file is mapped).
@@ -328,12 +335,20 @@ def chunks_from_shelf(version: ArtifactVersion, rel: str) -> list[Buffer] | None
     if entry.hex and hashcache.trusted_blob(blob_path(entry.hex), entry.hex):
         return None
     with shown(entry.size, f"load {version.ref}/{rel}"):
-        mapped = storage.maps_safely and len(entry.chunks) <= _mappable_chunks()
-        return [_chunk(storage, version, rel, entry, i, mapped) for i in range(len(entry.chunks))]
+        mapped = storage.maps_safely and (
+            map_file is not None or len(entry.chunks) <= _mappable_chunks()
+        )
+        return [
+            _chunk(storage, version, rel, entry, i, map_file if mapped else None, mapped)
+            for i in range(len(entry.chunks))
+        ]
 
 
-#: What a chunk is held in: a private memory map of its blob, or its bytes read.
-Buffer = mmap.mmap | bytearray
+#: What a chunk is held in: a private memory map of its blob (``mmap``, or what a
+#: ``MapFile`` returns: a writable buffer of the bytes), or its bytes read.
+Buffer = Any
+#: Maps the first ``size`` bytes of a file privately (copy-on-write), keeping no descriptor.
+MapFile = Callable[[Path, int], Any]
 
 
 def _mappable_chunks() -> int:
@@ -350,7 +365,13 @@ def _mappable_chunks() -> int:
 
 
 def _chunk(
-    storage: Storage, version: ArtifactVersion, rel: str, entry: FileEntry, i: int, mapped: bool
+    storage: Storage,
+    version: ArtifactVersion,
+    rel: str,
+    entry: FileEntry,
+    i: int,
+    map_file: MapFile | None,
+    mapped: bool,
 ) -> Buffer:
     check = _ChunkCheck(storage, version, rel, entry, i)
     path = storage.local_file(check.key)
@@ -360,7 +381,15 @@ def _chunk(
             st = os.fstat(f.fileno())
             trusted = st.st_size == check.size and hashcache.trusted_blob(path, check.digest)
             buf: Buffer
-            if mapped and st.st_size == check.size and check.size:
+            if map_file is not None and st.st_size == check.size and check.size:
+                buf = map_file(path, check.size)  # by name: checked against ``st`` below
+                extra = b""
+                now = os.stat(path)
+                if (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) != (
+                    st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
+                ):  # fmt: skip
+                    trusted = False  # replaced meanwhile: what was mapped is hashed
+            elif mapped and st.st_size == check.size and check.size:
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
                 extra = b""
             else:

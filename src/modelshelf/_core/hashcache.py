@@ -83,9 +83,15 @@ def _write(sql: str, *rows: tuple[object, ...]) -> None:
     """Run ``sql`` for each of ``rows``; a cache that cannot take them only costs re-hashing."""
     with _LOCK:
         conn = _connect()
-        if conn is not None:
+        if conn is None:
+            return
+        try:
+            conn.execute("BEGIN")  # one transaction for all the rows
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
-                conn.executemany(sql, rows)
+                conn.execute("ROLLBACK")
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:

@@ -61,7 +61,7 @@ def load_torch(version: ArtifactVersion, info: dict[str, Any], how: Loading) -> 
     tied = info.get("tied", {})
     # From a local shelf, a file stored in chunks is read straight from its blobs (no copy of
     # it in the cache); else the cached file.
-    chunks = chunks_from_shelf(version, info["weights"])
+    chunks = chunks_from_shelf(version, info["weights"], map_file=tf.map_private)
     state = tf.state_from_chunks(chunks) if chunks else None
     weights = state if state is not None else version.path(info["weights"])
     if how.model is not None:

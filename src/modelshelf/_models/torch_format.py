@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -467,6 +467,19 @@ def load_trusted_pickle(path: Path, map_location: Any) -> Any:
         except pickle.UnpicklingError:
             f.seek(0)
             return torch.load(f, map_location=map_location, weights_only=False)
+
+
+def map_private(path: Path, size: int) -> Any:
+    """The first ``size`` bytes of the file at ``path``, mapped privately (copy-on-write: a
+    write to a tensor made from it never reaches the file), as a writable uint8 array.
+
+    PyTorch's map closes its file descriptor once mapped, where Python's ``mmap`` keeps a
+    duplicate for as long as the map lives: a model of thousands of chunks would otherwise
+    hold as many descriptors for as long as its tensors live. The map is released with the
+    last tensor that views it.
+    """
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    return torch.empty(0, dtype=torch.uint8).set_(cast(torch.UntypedStorage, storage)).numpy()
 
 
 def state_from_chunks(chunks: list[Any]) -> dict[str, torch.Tensor] | None:

@@ -4,10 +4,11 @@ Everything above this package speaks in *keys* (``"artifacts/_/m/versions/000000
 relative to the shelf root. A backend gives them the few primitives the shelf format is built
 on (docs/format.md):
 
-- ``read`` / ``try_read`` / ``read_many`` / ``open_read``: bytes at a key;
+- ``read`` / ``try_read`` / ``read_many`` / ``open_read`` / ``iter_chunks``: bytes at a key;
 - ``create``: atomic create-if-absent, **the** primitive every log of records relies on;
 - ``replace``: atomic overwrite (readers see the old bytes or the new, whole);
-- ``find`` / ``find_detailed`` / ``listdir`` / ``exists`` / ``size``;
+- ``find`` / ``find_detailed`` / ``find_fingerprints`` (with each key's MD5, where the
+  listing reports it) / ``listdir`` / ``exists`` / ``size``;
 - ``delete`` / ``delete_many``;
 - ``upload`` (a local file) and ``put_stream`` (bytes made on the fly): stored under the
   key of their sha256, hashed on the way.
@@ -176,7 +177,10 @@ class Storage:
     def open_read(self, key: str) -> IO[bytes]:
         return self.fs.open(self.path(key), "rb")  # type: ignore[no-any-return]
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
+        """The bytes at ``key``, in order, a buffer at a time. ``size``: what the caller
+        expects there (a store may then fetch parts side by side); the bytes are whatever is
+        there, which the caller checks."""
         with self.open_read(key) as f:
             yield from reader_chunks(f)
 
