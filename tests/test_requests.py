@@ -342,3 +342,18 @@ def test_parts_cut_the_bytes_at_the_part_size(size: int, monkeypatch: pytest.Mon
     parts = list(objectstore._parts([data[:7], data[7:]], hasher))
     assert parts == ([data[i : i + 10] for i in range(0, size, 10)] or [b""])
     assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_the_first_log_of_a_name_reads_nothing_it_wrote(
+    url: str, calls: collections.Counter[str], tmp_path: Path
+) -> None:
+    """The record that claims a new name is known to its writer: neither the commit nor the
+    version it returns reads it back."""
+    shelf = ms.Shelf(url)
+    shelf.get("m")  # the root record, read
+    f = tmp_path / "new.bin"
+    f.write_bytes(b"new")
+    calls.clear()
+    version = shelf.log_artifact(f, name="fresh", type="dataset")
+    assert (version.name, version.type, version.aliases) == ("fresh", "dataset", ["latest"])
+    assert calls["get_object"] == 0, dict(calls)

@@ -188,6 +188,11 @@ class Labels:
         self._stored[name] = target or name
         return target or name
 
+    def claimed(self, name: str) -> None:
+        """``name``'s record was just created by this process, pointing nowhere: its own
+        folder holds its versions (nothing to read to know it)."""
+        self._stored[name] = name
+
     def _pointer_target(self, name: str, target: object) -> str:
         """The folder a rename pointer names, checked: a valid name whose own record is a
         real artifact's (renames always point at the folder that holds the versions)."""

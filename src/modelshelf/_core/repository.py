@@ -230,6 +230,8 @@ class Repository:
         if existing is None:
             record: ArtifactInfo = {"name": name, "type": type, "created_at": isoformat(now())}
             if self.storage.create(key, dumps(record)):
+                self._infos[name] = dict(record)  # written once, never changed
+                self.labels.claimed(name)
                 return
             existing = self.artifact_info(name, wait=True, fresh=True)  # another's, meanwhile
             if existing is None:  # torn by a writer that crashed before its first version
