@@ -339,7 +339,7 @@ def test_a_local_shelf_loads_chunks_straight_from_its_blobs(
     assert not download.blob_path(entry.hex).exists()  # never assembled in the cache
     assert sum(hashed) == entry.size  # every chunk hashed once, as it was read
     chunks = [(storage.local_file(blob_key(d.split(":", 1)[1])), d) for d, _ in entry.chunks]
-    assert all(hashcache.trusted_blob(path, digest) for path, digest in chunks)
+    assert all(hashcache.trusted_shelf_blob(p, d, os.stat(p)) for p, d in chunks)
 
     hashed.clear()
     again = shelf.load_model(v.ref, model=frozen_body_with_head(seed=2))
@@ -350,10 +350,26 @@ def test_a_local_shelf_loads_chunks_straight_from_its_blobs(
     v.verify()
 
     path = chunks[2][0]
+    before = os.stat(path)
     os.chmod(path, 0o644)
     data = bytearray(path.read_bytes())
     data[10] ^= 0x01
     path.write_bytes(bytes(data))  # same size, new mtime: no longer trusted
+    with pytest.raises(ms.IntegrityError, match=r"chunk 3 of \d+ of 'model.safetensors'"):
+        shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))
+
+    # Whoever can write the shelf can set the mtime back too; the ctime says it changed.
+    data[10] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.chmod(path, 0o444)
+    shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))  # right again: trusted anew
+    trusted = os.stat(path)
+    data[20] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(trusted.st_atime_ns, trusted.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (
+        before.st_size, trusted.st_mtime_ns
+    )  # fmt: skip
     with pytest.raises(ms.IntegrityError, match=r"chunk 3 of \d+ of 'model.safetensors'"):
         shelf.load_model(v.ref, model=frozen_body_with_head(seed=1))
 

@@ -379,15 +379,14 @@ def _chunk(
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            trusted = st.st_size == check.size and hashcache.trusted_blob(path, check.digest)
+            trusted = st.st_size == check.size and hashcache.trusted_shelf_blob(
+                path, check.digest, st
+            )
             buf: Buffer
             if map_file is not None and st.st_size == check.size and check.size:
                 buf = map_file(path, check.size)  # by name: checked against ``st`` below
                 extra = b""
-                now = os.stat(path)
-                if (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) != (
-                    st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
-                ):  # fmt: skip
+                if hashcache.changed_since(path, st):
                     trusted = False  # replaced meanwhile: what was mapped is hashed
             elif mapped and st.st_size == check.size and check.size:
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
@@ -408,7 +407,7 @@ def _chunk(
     check.add(memoryview(buf))
     check.add(extra)
     check.done()  # raises IntegrityError naming the chunk unless it is right
-    hashcache.trust_if_unchanged(path, check.digest, st)
+    hashcache.trust_shelf_blob_if_unchanged(path, check.digest, st)
     return buf
 
 

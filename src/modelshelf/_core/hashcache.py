@@ -50,6 +50,10 @@ def _connect() -> sqlite3.Connection | None:
             " mtime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
         )
         conn.execute(
+            "CREATE TABLE IF NOT EXISTS shelf_blobs (path TEXT PRIMARY KEY, size INTEGER,"
+            " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, digest TEXT)"
+        )
+        conn.execute(
             "CREATE TABLE IF NOT EXISTS chunk_files"
             " (digest TEXT PRIMARY KEY, chunks TEXT, key TEXT)"
         )
@@ -175,6 +179,46 @@ def trust_if_unchanged(path: str | os.PathLike[str], digest: str, st: os.stat_re
     with contextlib.suppress(OSError):
         if _blob_key(os.stat(path)) == _blob_key(st):
             trust_blob(path, digest, st)
+
+
+# A blob on a local shelf is another matter: whoever can write the shelf's folder can write
+# its bytes again and set its mtime back (``os.utime``), which no stat key without the ctime
+# notices. The ctime cannot be set back, and nothing links a shelf's blobs: a shelf blob is
+# trusted by its size, mtime, ctime, inode and device.
+
+
+def _shelf_blob_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def trusted_shelf_blob(path: str | os.PathLike[str], digest: str, st: os.stat_result) -> bool:
+    """Whether the blob of a local shelf at ``path`` (stat data ``st``) is, by all its stat
+    data, the one this machine hashed to ``digest``."""
+    row = _row(
+        "SELECT size, mtime_ns, ctime_ns, ino, dev, digest FROM shelf_blobs WHERE path=?",
+        (os.path.realpath(path),),
+    )
+    return row is not None and tuple(row[:5]) == _shelf_blob_key(st) and row[5] == digest
+
+
+def changed_since(path: str | os.PathLike[str], st: os.stat_result) -> bool:
+    """Whether the file at ``path`` is no longer, by its stat data, the one of ``st``."""
+    try:
+        return _shelf_blob_key(os.stat(path)) != _shelf_blob_key(st)
+    except OSError:
+        return True
+
+
+def trust_shelf_blob_if_unchanged(
+    path: str | os.PathLike[str], digest: str, st: os.stat_result
+) -> None:
+    """Trust the shelf blob ``path`` to hold ``digest`` (just checked) if its stat data are
+    still ``st``: it did not change while it was being hashed."""
+    if not changed_since(path, st):
+        _write(
+            "INSERT OR REPLACE INTO shelf_blobs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (os.path.realpath(path), *_shelf_blob_key(st), digest),
+        )
 
 
 def verify_blob(path: str | os.PathLike[str], digest: str) -> bool:
