@@ -209,8 +209,8 @@ def _discard(f: Any) -> None:
         f.closed = True
 
 
-#: An upload to S3 larger than one part goes up in parts of PART_BYTES (doubled every 1,000
-#: parts, to stay under S3's 10,000), sent side by side.
+#: An upload to S3 larger than one part goes up in parts of PART_BYTES (PART_BYTES more every
+#: 1,000 parts: 10,000, S3's most, then hold 430 GiB), sent side by side.
 PART_BYTES = 8 << 20
 #: Parts read but not yet sent, across all uploads of this process (memory: 16 x 8 MiB).
 _PARTS_IN_FLIGHT = threading.BoundedSemaphore(16)
@@ -289,8 +289,8 @@ class _PartsUpload:
 
 
 def _parts(chunks: Iterable[Any], hasher: Any) -> Iterator[bytes]:
-    """The bytes of ``chunks`` cut into parts (PART_BYTES, doubling every 1,000), each fed to
-    ``hasher`` as it is read; a last part may be shorter (or empty, for no bytes at all)."""
+    """The bytes of ``chunks`` cut into parts (PART_BYTES, PART_BYTES more every 1,000), each
+    fed to ``hasher`` as it is read; a last part may be shorter (or empty, for no bytes)."""
     part = bytearray()
     number = 0
     for chunk in chunks:
