@@ -367,6 +367,7 @@ def prune_records(limit: int = MAX_RECORDS) -> None:
     count = _row("SELECT COUNT(*) FROM records", ())
     if count is not None and count[0] > limit:
         _write(
-            "DELETE FROM records WHERE rowid IN (SELECT rowid FROM records ORDER BY at LIMIT ?)",
+            "DELETE FROM records WHERE rowid IN"
+            " (SELECT rowid FROM records ORDER BY at, rowid LIMIT ?)",
             (count[0] - limit // 2,),
         )
