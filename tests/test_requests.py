@@ -357,3 +357,58 @@ def test_the_first_log_of_a_name_reads_nothing_it_wrote(
     version = shelf.log_artifact(f, name="fresh", type="dataset")
     assert (version.name, version.type, version.aliases) == ("fresh", "dataset", ["latest"])
     assert calls["get_object"] == 0, dict(calls)
+
+
+def _weights(path: Path, head: float) -> Path:
+    """A safetensors file of six 1 MiB layers and a head (stored as seven chunks and more)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {f"layer{i}": rng.standard_normal((512, 512), np.float32) for i in range(6)}
+    save_file({**tensors, "head": np.full((8, 8), head, np.float32)}, str(path))
+    return path
+
+
+def test_a_checkpoint_asks_for_no_chunk_it_saw_while_no_gc_ran(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a gc pass frees blobs, and it enters the gc log first: while the log is as it
+    was, chunks a commit saw or stored are not asked for again. A pass since, and they are."""
+    from modelshelf._storage.objectstore import ObjectStoreStorage
+
+    asked: list[str] = []
+    exists = ObjectStoreStorage.exists
+
+    def counting(self: ObjectStoreStorage, key: str) -> bool:
+        asked.append(key)
+        return exists(self, key)
+
+    monkeypatch.setattr(ObjectStoreStorage, "exists", counting)  # one request each
+    shelf = ms.Shelf(f"s3://{new_bucket(s3_endpoint)}/shelf")
+    first = shelf.log_artifact(_weights(tmp_path / "a.safetensors", 0.0), name="w", type="model")
+    chunks = len(first.manifest.files["a.safetensors"].chunks or ())
+    assert chunks >= 7 and len(asked) >= chunks
+    asked.clear()
+    second = shelf.log_artifact(_weights(tmp_path / "a.safetensors", 1.0), name="w", type="model")
+    assert len(asked) == 1, asked  # the new head chunk only, not the layers
+    second.verify()
+
+    shelf.delete(first.ref)
+    shelf.gc(grace_period=0)  # frees nothing second needs, but it ran
+    asked.clear()
+    third = shelf.log_artifact(_weights(tmp_path / "a.safetensors", 2.0), name="w", type="model")
+    assert len(asked) >= chunks  # asked again, each
+    third.verify()
+
+
+def test_chunks_a_gc_freed_are_stored_again_though_this_process_had_seen_them(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    shelf = ms.Shelf(f"s3://{new_bucket(s3_endpoint)}/shelf")
+    path = _weights(tmp_path / "a.safetensors", 0.0)
+    shelf.delete(shelf.log_artifact(path, name="w", type="model").ref)
+    report = shelf.gc(grace_period=0)
+    assert report.blobs >= 7  # every chunk freed
+    again = shelf.log_artifact(path, name="w", type="model")
+    again.verify()  # each chunk was asked for, found gone and stored again

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import IntegrityError
 from .._format.layout import (
@@ -84,8 +84,22 @@ def _gc_over(storage: Storage, log: SeqLog, k: int) -> bool:
     return (now() - last).total_seconds() > GC_STALE_SECONDS  # that gc died
 
 
-def gc_floor(storage: Storage) -> int:
-    """The first gc pass a writer starting now must outlast.
+class GcFloor(NamedTuple):
+    """``gc_floor``: the first gc pass a writer starting now must outlast, and the newest."""
+
+    floor: int
+    head: int  # -1: no pass ever
+
+    @property
+    def quiet(self) -> bool:
+        """Every pass so far is over. Only a gc pass frees blobs, and each is in the gc log
+        before it lists anything: while the log's head stays ``head``, a blob seen on the
+        shelf after this was read is still there."""
+        return self.floor == self.head + 1
+
+
+def gc_floor(storage: Storage) -> GcFloor:
+    """The first gc pass a writer starting now must outlast (and the newest pass).
 
     That is every pass that starts from now on, and every pass still running now: a pass
     running now listed the leases and the versions before this writer's lease and commit
@@ -97,7 +111,7 @@ def gc_floor(storage: Storage) -> int:
     floor = head + 1
     while floor > 0 and not _gc_over(storage, log, floor - 1):
         floor -= 1
-    return floor
+    return GcFloor(floor, head)
 
 
 def settle_with_gc(storage: Storage, floor: int, ensure: Callable[[], object]) -> None:

@@ -53,11 +53,11 @@ from .._format.records import (
     writer_info,
 )
 from .._format.seqlog import SeqLog, settled
-from .._storage import ChangedWhileReading, open_storage
+from .._storage import ChangedWhileReading, Storage, open_storage
 from . import hashcache
-from .gc import gc_floor, settle_with_gc
+from .gc import GcFloor, gc_floor, settle_with_gc
 from .labels import Labels, initial_state
-from .sources import Referenced, Source
+from .sources import AskStorage, BlobCheck, Referenced, Source
 from .version import ArtifactVersion
 
 logger = logging.getLogger("modelshelf")
@@ -90,6 +90,8 @@ class Repository:
         self._init_lock = threading.Lock()
         self._infos: dict[str, Record] = {}  # artifact.json records that decoded, by name
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # see _beside
+        self._seen_blobs: dict[str, int] = {}  # see blobs_there
+        self._committing = threading.local()  # the gc floor of this thread's commit
 
     # -- the root record -----------------------------------------------------------------
     def info(self, *, create: bool) -> Record | None:
@@ -230,7 +232,6 @@ class Repository:
         if existing is None:
             record: ArtifactInfo = {"name": name, "type": type, "created_at": isoformat(now())}
             if self.storage.create(key, dumps(record)):
-                self._infos[name] = dict(record)  # written once, never changed
                 self.labels.claimed(name)
                 return
             existing = self.artifact_info(name, wait=True, fresh=True)  # another's, meanwhile
@@ -244,6 +245,21 @@ class Repository:
             )
 
     # -- blobs ---------------------------------------------------------------------------
+    def blobs_there(self) -> BlobCheck:
+        """Which blobs the shelf has, for the stores of the commit running in this thread
+        (usable from other threads).
+
+        On an object store, a blob this repository saw there, or stored, during a commit
+        whose gc floor was quiet (every pass over) is taken as there without a request while
+        the gc log's head is still the same: only a gc pass frees blobs, and it enters the
+        log before it lists anything. Elsewhere, and outside a commit, the storage is asked.
+        A commit that finds a pass started since its floor checks every blob again
+        (``settle_with_gc``), asking the storage."""
+        floor: GcFloor | None = getattr(self._committing, "floor", None)
+        if floor is None or not floor.quiet or not self.storage.lists_heads:
+            return AskStorage(self.storage)
+        return _SeenBlobs(self.storage, self._seen_blobs, floor.head)
+
     def put_file(self, path: Path) -> tuple[str, int]:
         """Store a local file as a blob (skipped when its bytes are there); (hex, size)."""
         st = os.stat(path)
@@ -251,7 +267,8 @@ class Repository:
         if cached is None and self.storage.hash_before_upload:
             cached = hashcache.file_digest(path)  # hash first: skip uploads of known bytes
         unasked = st.st_size <= self.storage.upload_unasked_bytes
-        if cached is not None and not unasked and self.storage.exists(blob_key(cached)):
+        there = self.blobs_there()
+        if cached is not None and not unasked and there(cached):
             return cached, st.st_size
         changed = ConflictError(f"{str(path)!r} changed while it was being stored; log it again.")
         try:
@@ -262,6 +279,7 @@ class Repository:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise changed
         hashcache.remember(path, hexdigest, st)
+        there.stored(hexdigest)
         return hexdigest, st.st_size
 
     # -- committing ----------------------------------------------------------------------
@@ -288,9 +306,9 @@ class Repository:
         # (on an object store: its head, its name and the digest hint in one request, sent
         # beside the read of the gc log).
         floor = self._beside(lambda: gc_floor(self.storage))
-        with self.labels.listed(name):
+        with self.labels.listed(name), self._in_commit():
             self.claim_name(name, type)
-            gc_from = floor()  # before any blob is looked at: see gc
+            gc_from = self._committing.floor = floor()  # before any blob is looked at: see gc
             sources = {
                 rel: Referenced(item) if isinstance(item, FileEntry) else item
                 for rel, item in sorted(files.items())
@@ -338,7 +356,8 @@ class Repository:
             try:
                 self._put_manifest(manifest_hex, manifest_bytes)  # beside the lease: see gc
                 wrote_lease()
-                settle_with_gc(self.storage, gc_from, ensure)
+                self._committing.floor = None  # from here on, every blob is asked for
+                settle_with_gc(self.storage, gc_from.floor, ensure)
                 record = {
                     "name": self.labels.stored_as(name),  # its folder's: the same after a rename
                     "type": type,
@@ -364,6 +383,15 @@ class Repository:
             return self._after_commit(name, version, record, digest, aliases, run_id)
         finally:
             dropped()
+
+    @contextlib.contextmanager
+    def _in_commit(self) -> Iterator[None]:
+        """A commit runs in this block: ``blobs_there`` goes by its gc floor once set."""
+        self._committing.floor = None
+        try:
+            yield
+        finally:
+            self._committing.floor = None
 
     def _beside(self, fn: Callable[[], T]) -> Callable[[], T]:
         """Start ``fn`` now and return what waits for its result. On an object store it runs
@@ -733,3 +761,26 @@ def check_commit_record(name: str, n: int, record: Record) -> None:
     for key, kind in (("metadata", dict), ("tags", list)):
         if not isinstance(record.get(key, kind()), kind):
             raise bad(f"has {key} that are not a {kind.__name__}")
+
+
+class _SeenBlobs:
+    """A ``BlobCheck`` that takes as there the blobs seen there while the gc log's head was
+    ``head`` with every pass over (see ``Repository.blobs_there``), and asks about others."""
+
+    LIMIT = 100_000  # blobs remembered; past it, all are forgotten (and asked about again)
+
+    def __init__(self, storage: Storage, seen: dict[str, int], head: int) -> None:
+        self.storage, self.seen, self.head = storage, seen, head
+
+    def __call__(self, hexdigest: str) -> bool:
+        if self.seen.get(hexdigest) == self.head:
+            return True
+        there = self.storage.exists(blob_key(hexdigest))
+        if there:
+            self.stored(hexdigest)
+        return there
+
+    def stored(self, hexdigest: str) -> None:
+        if len(self.seen) >= self.LIMIT:
+            self.seen.clear()
+        self.seen[hexdigest] = self.head

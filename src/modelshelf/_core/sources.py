@@ -45,6 +45,28 @@ class Source(Protocol):
         """Put the file's bytes on ``repo`` (skipping what is there) and describe them."""
 
 
+class BlobCheck(Protocol):
+    """Whether a blob (by its hex sha256) is on the shelf; ``stored`` notes one just sent.
+    ``Repository.blobs_there`` gives one that may answer from what the commit saw before."""
+
+    def __call__(self, hexdigest: str) -> bool: ...
+
+    def stored(self, hexdigest: str) -> None: ...
+
+
+class AskStorage:
+    """A ``BlobCheck`` that asks the storage every time."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def __call__(self, hexdigest: str) -> bool:
+        return self.storage.exists(blob_key(hexdigest))
+
+    def stored(self, hexdigest: str) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class LocalFile:
     """A local file waiting to be stored."""
@@ -63,7 +85,7 @@ class LocalFile:
         changed = ConflictError(
             f"{str(self.path)!r} changed while it was being stored; log it again."
         )
-        entry = store_chunked(repo.storage, pieces, changed)
+        entry = store_chunked(repo.storage, pieces, changed, repo.blobs_there())
         after = os.stat(self.path)
         same = (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
         if not same or entry.size != st.st_size:
@@ -79,7 +101,8 @@ class LocalFile:
         chunks = hashcache.chunks_of(digest) if digest is not None else None
         if not chunks or len(chunks) < 2 or sum(n for _, n in chunks) != st.st_size:
             return None
-        if not all(repo.storage.exists(blob_key(d.split(":", 1)[1])) for d, _ in chunks):
+        there = repo.blobs_there()
+        if not all(there(d.split(":", 1)[1]) for d, _ in chunks):
             return None
         return FileEntry(size=st.st_size, digest=f"sha256:{digest}", chunks=tuple(chunks))
 
@@ -101,7 +124,7 @@ class StreamedFile:
                 "The tensors changed while they were being stored (is the model still training "
                 "in another thread?); log it again."
             )
-            return store_chunked(repo.storage, pieces, changed)
+            return store_chunked(repo.storage, pieces, changed, repo.blobs_there())
         hexdigest, size = repo.storage.put_stream(self.chunks, blob_key)
         return FileEntry(size=size, digest=f"sha256:{hexdigest}")
 
@@ -115,9 +138,11 @@ class CopiedFile:
     fetch: Callable[[Storage, str], Path]  # a verified local copy of one of ``source``'s blobs
 
     def store(self, repo: Repository) -> FileEntry:
+        there = repo.blobs_there()
         for hexdigest in sorted(self.entry.blob_hexes()):
-            if not repo.storage.exists(blob_key(hexdigest)):
+            if not there(hexdigest):
                 repo.storage.upload(self.fetch(self.source, hexdigest), blob_key, hexdigest)
+                there.stored(hexdigest)
         return self.entry
 
 
@@ -131,7 +156,12 @@ class Referenced:
         return self.entry
 
 
-def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception) -> FileEntry:
+def store_chunked(
+    storage: Storage,
+    pieces: Sequence[Piece],
+    changed: Exception,
+    there: BlobCheck | None = None,
+) -> FileEntry:
     """Store a file as the chunks ``pieces`` yield, in order; one piece makes a plain blob.
 
     On a local shelf that lacks either of the first two chunks, little will be shared: each
@@ -140,14 +170,16 @@ def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception)
     file's sha256 then comes from the hash cache when the same chunks made a file before, or
     from a second pass that checks each chunk again and writes the missing ones on the way (to
     an object store they are sent beside it, several at once). ``changed`` is raised when
-    bytes differ between the passes: nothing stored ever mismatches its digest.
+    bytes differ between the passes: nothing stored ever mismatches its digest. ``there``
+    says which chunks the shelf has (default: ask the storage).
     """
+    there = there if there is not None else AskStorage(storage)
     remote = storage.hash_before_upload
     probed: list[tuple[str, int]] = []  # the first chunks, hashed to choose the way
     if not remote:
         for piece in pieces[:2]:
             probed.append(_hash_piece(piece))
-            if not storage.exists(blob_key(probed[-1][0])):
+            if not there(probed[-1][0]):
                 # A new header (names, shapes, dtypes), or a first tensor that changed (a
                 # training of every layer): little will be shared. One pass writes each chunk
                 # while hashing it (a chunk the shelf has is replaced by the same bytes).
@@ -163,8 +195,8 @@ def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception)
     with ThreadPoolExecutor(
         max_workers=REMOTE_SENDS if remote else 1, thread_name_prefix="modelshelf-send"
     ) as pool:
-        there = pool.map(lambda h: storage.exists(blob_key(h)), unique)
-        missing = {h: p for (h, p), got in zip(unique.items(), there, strict=True) if not got}
+        present = pool.map(there, unique)
+        missing = {h: p for (h, p), got in zip(unique.items(), present, strict=True) if not got}
         sends: list[Future[tuple[str, int]]] = []
         try:
             if remote:  # each send in a copy of this context: progress listeners live there
@@ -183,7 +215,7 @@ def store_chunked(storage: Storage, pieces: Sequence[Piece], changed: Exception)
             for h, piece in missing.items():  # the whole digest was known: no second pass
                 storage.put_stream(piece, blob_key, expected=h)
             for future in sends:
-                future.result()
+                there.stored(future.result()[0])
         except ChangedWhileReading:
             raise changed from None
         except BaseException:
