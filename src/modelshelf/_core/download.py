@@ -335,20 +335,25 @@ def chunks_from_shelf(
     if entry.hex and hashcache.trusted_blob(blob_path(entry.hex), entry.hex):
         return None
     with shown(entry.size, f"load {version.ref}/{rel}"):
-        mapped = storage.maps_safely and (
-            map_file is not None or len(entry.chunks) <= _mappable_chunks()
-        )
-        return [
-            _chunk(storage, version, rel, entry, i, map_file if mapped else None, mapped)
-            for i in range(len(entry.chunks))
-        ]
+        mapper: MapFile | None = None
+        if storage.maps_safely and map_file is not None:
+            mapper = map_file
+        elif storage.maps_safely and len(entry.chunks) <= _mappable_chunks():
+            mapper = _map_copy
+        return [_chunk(storage, version, rel, entry, i, mapper) for i in range(len(entry.chunks))]
 
 
 #: What a chunk is held in: a private memory map of its blob (``mmap``, or what a
 #: ``MapFile`` returns: a writable buffer of the bytes), or its bytes read.
 Buffer = Any
-#: Maps the first ``size`` bytes of a file privately (copy-on-write), keeping no descriptor.
+#: Maps the first ``size`` bytes of a file privately (copy-on-write).
 MapFile = Callable[[Path, int], Any]
+
+
+def _map_copy(path: Path, size: int) -> mmap.mmap:
+    """Python's private map of a file (it keeps a duplicate of the descriptor while it lives)."""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
 
 
 def _mappable_chunks() -> int:
@@ -370,9 +375,9 @@ def _chunk(
     rel: str,
     entry: FileEntry,
     i: int,
-    map_file: MapFile | None,
-    mapped: bool,
+    mapper: MapFile | None,
 ) -> Buffer:
+    """Chunk ``i``, mapped by ``mapper`` (else read), checked."""
     check = _ChunkCheck(storage, version, rel, entry, i)
     path = storage.local_file(check.key)
     assert path is not None
@@ -383,14 +388,11 @@ def _chunk(
                 path, check.digest, st
             )
             buf: Buffer
-            if map_file is not None and st.st_size == check.size and check.size:
-                buf = map_file(path, check.size)  # by name: checked against ``st`` below
+            if mapper is not None and st.st_size == check.size and check.size:
+                buf = mapper(path, check.size)  # by name: checked against ``st`` below
                 extra = b""
                 if hashcache.changed_since(path, st):
                     trusted = False  # replaced meanwhile: what was mapped is hashed
-            elif mapped and st.st_size == check.size and check.size:
-                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-                extra = b""
             else:
                 buf = bytearray(check.size)
                 view, n = memoryview(buf), 0
