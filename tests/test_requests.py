@@ -412,3 +412,33 @@ def test_chunks_a_gc_freed_are_stored_again_though_this_process_had_seen_them(
     assert report.blobs >= 7  # every chunk freed
     again = shelf.log_artifact(path, name="w", type="model")
     again.verify()  # each chunk was asked for, found gone and stored again
+
+
+def test_ls_reads_the_root_record_once_though_it_reads_artifacts_side_by_side(
+    url: str, elsewhere: Callable[[], None], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from modelshelf._format.layout import ROOT_RECORD
+    from modelshelf._storage.objectstore import ObjectStoreStorage
+    from modelshelf.cli.commands import app
+
+    shelf = ms.Shelf(url)
+    f = tmp_path / "x.bin"
+    for i in range(6):
+        f.write_bytes(b"x%d" % i)
+        shelf.log_artifact(f, name=f"more{i}", type="data")
+    roots: list[str] = []
+    try_read = ObjectStoreStorage.try_read
+
+    def counting(self: ObjectStoreStorage, key: str) -> bytes | None:
+        if key == ROOT_RECORD:
+            roots.append(key)
+        return try_read(self, key)
+
+    monkeypatch.setattr(ObjectStoreStorage, "try_read", counting)
+    elsewhere()
+    result = CliRunner().invoke(app, ["--shelf", url, "ls", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)) == 8
+    assert roots == [ROOT_RECORD]

@@ -99,6 +99,8 @@ class Repository:
         if self._root is not None:
             return self._root
         with self._init_lock:
+            if self._root is not None:  # read by another thread meanwhile
+                return self._root
             info = self._root_record(create)
             if info is None:
                 return None
