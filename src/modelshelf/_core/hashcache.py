@@ -184,11 +184,7 @@ def trust_if_unchanged(path: str | os.PathLike[str], digest: str, st: os.stat_re
 # A blob on a local shelf is another matter: whoever can write the shelf's folder can write
 # its bytes again and set its mtime back (``os.utime``), which no stat key without the ctime
 # notices. The ctime cannot be set back, and nothing links a shelf's blobs: a shelf blob is
-# trusted by its size, mtime, ctime, inode and device.
-
-
-def _shelf_blob_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+# trusted by its full stat key (``_stat_key``: size, mtime, ctime, inode and device).
 
 
 def trusted_shelf_blob(path: str | os.PathLike[str], digest: str, st: os.stat_result) -> bool:
@@ -198,13 +194,13 @@ def trusted_shelf_blob(path: str | os.PathLike[str], digest: str, st: os.stat_re
         "SELECT size, mtime_ns, ctime_ns, ino, dev, digest FROM shelf_blobs WHERE path=?",
         (os.path.realpath(path),),
     )
-    return row is not None and tuple(row[:5]) == _shelf_blob_key(st) and row[5] == digest
+    return row is not None and tuple(row[:5]) == _stat_key(st) and row[5] == digest
 
 
 def changed_since(path: str | os.PathLike[str], st: os.stat_result) -> bool:
     """Whether the file at ``path`` is no longer, by its stat data, the one of ``st``."""
     try:
-        return _shelf_blob_key(os.stat(path)) != _shelf_blob_key(st)
+        return _stat_key(os.stat(path)) != _stat_key(st)
     except OSError:
         return True
 
@@ -217,7 +213,7 @@ def trust_shelf_blob_if_unchanged(
     if not changed_since(path, st):
         _write(
             "INSERT OR REPLACE INTO shelf_blobs VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (os.path.realpath(path), *_shelf_blob_key(st), digest),
+            (os.path.realpath(path), *_stat_key(st), digest),
         )
 
 

@@ -130,9 +130,10 @@ class Labels:
         aliases = listing.numbers(keys.aliases)
         if aliases:
             wanted.append(keys.aliases + f"/{aliases[-1]:012d}.json")
-        if not newest and self.live_head(name) is not None:
-            live = []
-        for n in {*versions, *live[-1:]}:
+        head = live[-1:]
+        if not newest and head and not listing.numbers(keys.state(head[0])):
+            head = []  # live by the listing (``live_head``): no need to read it
+        for n in {*versions, *head}:
             wanted.append(keys.versions + f"/{n:012d}.json")
             states = listing.numbers(keys.state(n))
             if states:
