@@ -115,11 +115,14 @@ class Labels:
             return None
         return self.storage.try_read(key)
 
-    def prefetch(self, name: str, versions: list[int], *, newest: bool = True) -> None:
+    def prefetch(
+        self, name: str, versions: list[int], *, newest: bool = True, aliases: bool = True
+    ) -> None:
         """Read at once, into the record cache, what resolving a version of ``name`` reads one
-        by one: the alias head, the newest version record not marked deleted (unless
-        ``newest`` is False and ``live_head`` tells it unread), and each of ``versions``'
-        record and newest state, as the listing in use shows them (without one: nothing)."""
+        by one: the alias head (if ``aliases``), the newest version record not marked deleted
+        (unless ``newest`` is False and ``live_head`` tells it unread), and each of
+        ``versions``' record and newest state, as the listing in use shows them (without one:
+        nothing)."""
         keys = self.keys(name)
         listing = self.listing_for(keys.versions + "/")
         if listing is None:
@@ -127,9 +130,9 @@ class Labels:
         wanted = []
         gone = self.marked_deleted(name)
         live = [n for n in listing.numbers(keys.versions) if n not in gone]
-        aliases = listing.numbers(keys.aliases)
-        if aliases:
-            wanted.append(keys.aliases + f"/{aliases[-1]:012d}.json")
+        alias_records = listing.numbers(keys.aliases) if aliases else []
+        if alias_records:
+            wanted.append(keys.aliases + f"/{alias_records[-1]:012d}.json")
         head = live[-1:]
         if not newest and head and not listing.numbers(keys.state(head[0])):
             head = []  # live by the listing (``live_head``): no need to read it
@@ -175,7 +178,8 @@ class Labels:
         keys = ArtifactKeys(name)
         listing = self.listing_for(keys.info)
         if listing is not None and listing.any_under(keys.versions):
-            return name  # a pointer's folder never holds versions
+            self._stored[name] = name  # a pointer's folder never holds versions
+            return name
         data = self.try_read(keys.info)
         if data is None:
             return name

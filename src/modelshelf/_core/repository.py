@@ -437,14 +437,10 @@ class Repository:
     def _committed(
         self, name: str, version: int, record: Record, aliases: list[str]
     ) -> ArtifactVersion:
-        """The version a commit just wrote, from what it wrote: its record, no labels changed
-        yet, the aliases it moved and ``latest`` (a lookup from scratch costs a bucket four
-        requests; this, one listing). Renamed meanwhile, or a newer version committed
-        meanwhile: it is looked up anew (under the new name)."""
-        with self.labels.listed(name):  # one request, on an object store
-            moved = self.current_name(name) != name
-            if moved or self.labels.versions_log(name).slot(version + 1)[0]:
-                return self.get(f"{name}:v{version}", follow_renames=True)
+        """The version a commit just wrote, as of its commit: from the record it wrote, no
+        labels changed yet, the aliases it moved and ``latest`` (it was the newest when its
+        record was created). A rename or a newer version a moment later is not looked for: no
+        lookup could rule them out one moment after it anyway, and it would cost a request."""
         return self._version(
             name, version, record, dict(initial_state(record)), dict.fromkeys(aliases, version),
             version,
@@ -499,6 +495,7 @@ class Repository:
                 parsed.name,
                 [] if parsed.version is None else [parsed.version],
                 newest=parsed.alias == LATEST,
+                aliases=_names_alias(parsed),
             )
             return self._get(parsed, ref)
 
@@ -513,7 +510,9 @@ class Repository:
             yield
 
     def _get(self, parsed: Ref, ref: str) -> ArtifactVersion:
-        aliases = self.labels.alias_map(parsed.name)
+        # The alias map only when the ref names an alias: a version found otherwise reads
+        # its aliases when first asked for them.
+        aliases = self.labels.alias_map(parsed.name) if _names_alias(parsed) else None
         # Which version is latest: for another ref, the listing often tells it unread.
         live = None if parsed.alias == LATEST else self.labels.live_head(parsed.name)
         newest = None if live is not None else self._latest(parsed.name)
@@ -533,17 +532,17 @@ class Repository:
         elif parsed.alias == LATEST:
             assert latest is not None  # else refused above
             number = latest
-        elif parsed.alias in aliases:
+        elif aliases is not None and parsed.alias in aliases:
             number = aliases[parsed.alias]
         else:
-            shown = ", ".join(sorted({LATEST, *aliases})) or "none"
+            shown = ", ".join(sorted({LATEST, *(aliases or {})})) or "none"
             raise NotFoundError(
                 f"{parsed.name!r} has no alias {parsed.alias!r}. Its aliases: {shown}; its "
                 f"newest version is v{latest}.",
                 ref=str(ref),
             )
         # an alias's version, with its state
-        self.labels.prefetch(parsed.name, [number], newest=live is None)
+        self.labels.prefetch(parsed.name, [number], newest=live is None, aliases=False)
         record = log.get(number)
         if newest is not None and number == newest[0]:
             state: Record | None = newest[1]  # read just now, by _latest
@@ -557,7 +556,7 @@ class Repository:
                 f"{parsed.name}:v{number} {gone}. "
                 + (
                     f"The newest version of {parsed.name!r} is v{latest}; aliases: "
-                    f"{', '.join(sorted({LATEST, *aliases}))}."
+                    f"{', '.join(sorted({LATEST, *self.labels.alias_map(parsed.name)}))}."
                     if latest is not None
                     else f"No version of {parsed.name!r} is left."
                 ),
@@ -571,14 +570,18 @@ class Repository:
         n: int,
         record: Record,
         state: Record,
-        aliases: dict[str, int],
+        aliases: dict[str, int] | None,
         latest: int | None,
     ) -> ArtifactVersion:
+        """The version ``name:v<n>``; its aliases read when first asked for, if ``aliases``
+        is None."""
         check_commit_record(self.labels.stored_as(name), n, record)
+        if aliases is None:
+            return ArtifactVersion(self, name, record, state, None, latest=n == latest)
         names = [a for a, v in aliases.items() if v == n]
         if n == latest:
             names.append(LATEST)
-        return ArtifactVersion(self, name, record, state, sorted(names))
+        return ArtifactVersion(self, name, record, state, names)
 
     def missing_artifact(self, parsed: Ref) -> NotFoundError:
         names = self.artifacts()
@@ -786,3 +789,8 @@ class _SeenBlobs:
         if len(self.seen) >= self.LIMIT:
             self.seen.clear()
         self.seen[hexdigest] = self.head
+
+
+def _names_alias(parsed: Ref) -> bool:
+    """Whether ``parsed`` names a version by an alias other than ``latest``."""
+    return parsed.version is None and parsed.alias != LATEST

@@ -34,7 +34,14 @@ class ArtifactVersion:
     """
 
     def __init__(
-        self, repo: Repository, name: str, record: Record, state: Record, aliases: list[str]
+        self,
+        repo: Repository,
+        name: str,
+        record: Record,
+        state: Record,
+        aliases: list[str] | None,
+        *,
+        latest: bool = False,
     ) -> None:
         self._repo = repo
         self._record = record
@@ -45,7 +52,10 @@ class ArtifactVersion:
         self.size: int = int(record["size"])
         self.created_at: _dt.datetime = parse_time(record["created_at"])
         self.run_id: str | None = record.get("run_id")
-        self.aliases: list[str] = aliases
+        # None: read from the shelf when first asked for (resolving ``name`` or ``name:vN``
+        # needs no alias record); ``latest`` is known when the version is looked up
+        self._aliases = None if aliases is None else sorted(aliases)
+        self._latest = latest if aliases is None else LATEST in aliases
         self._apply_state(state)
         self._manifest: Manifest | None = None
 
@@ -53,6 +63,20 @@ class ArtifactVersion:
         self.tags: list[str] = list(state.get("tags", []))
         self.description: str | None = state.get("description")
         self.metadata: dict[str, Any] = dict(state.get("metadata", {}))
+
+    @property
+    def aliases(self) -> list[str]:
+        """Its aliases, ``latest`` included when it is the newest version (as of the lookup
+        that returned it, or of the first time this is asked for)."""
+        if self._aliases is None:
+            held = self._repo.labels.alias_map(self.name)
+            names = [a for a, v in held.items() if v == self.version]
+            self._aliases = sorted([*names, *([LATEST] if self._latest else [])])
+        return self._aliases
+
+    @aliases.setter
+    def aliases(self, names: list[str]) -> None:
+        self._aliases = names
 
     @property
     def ref(self) -> str:
@@ -250,4 +274,4 @@ class ArtifactVersion:
 
     @property
     def is_latest(self) -> bool:
-        return LATEST in self.aliases
+        return self._latest if self._aliases is None else LATEST in self._aliases
