@@ -61,6 +61,9 @@ def race(fit: Callable[[Any], float], base: Any, ours: Any, epochs: int) -> dict
     return {
         "baseline_s_per_checkpoint": (sum(base.blocked) + base.end_wait) / epochs,
         "shelf_s_per_checkpoint": (sum(ours.blocked) + ours.end_wait) / epochs,
+        # where ShelfCheckpoint's time goes: each epoch's end, and fit's end (the last write)
+        "shelf_epoch_end_s": [round(t, 4) for t in ours.blocked],
+        "shelf_end_of_fit_s": ours.end_wait,
         "baseline_fit_s": base_fit,
         "shelf_fit_s": ours_fit,
     }
@@ -125,6 +128,10 @@ def fastai_pair(tmp: Path, width: int, epochs: int, batches: int) -> dict[str, f
     return race(fit, base, ours, epochs)
 
 
+def epochs_of(result: dict[str, Any]) -> int:
+    return len(result["shelf_epoch_end_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=100)
@@ -143,9 +150,15 @@ def main() -> None:
     for name, own in (("keras", "ModelCheckpoint"), ("fastai", "SaveModelCallback")):
         r = results[name]
         r["ratio"] = r["shelf_s_per_checkpoint"] / r["baseline_s_per_checkpoint"]
+        epoch_ends = r["shelf_epoch_end_s"]
+        r["epoch_end_ratio"] = sum(epoch_ends) / epochs_of(r) / r["baseline_s_per_checkpoint"]
         print(
             f"{name:<10}{r['baseline_s_per_checkpoint']:>14.3f} s"
             f"{r['shelf_s_per_checkpoint']:>16.3f} s{r['ratio']:>7.2f}x   ({own})"
+        )
+        print(
+            f"{'':<10}ShelfCheckpoint at epoch ends: {', '.join(f'{t:.3f}' for t in epoch_ends)}"
+            f" s ({r['epoch_end_ratio']:.2f}x); at fit's end: {r['shelf_end_of_fit_s']:.3f} s"
         )
     print(f"\nwrote {save_results('callbacks_frameworks', results)}")
 

@@ -53,8 +53,15 @@ def main() -> None:
     frameworks = load("callbacks_frameworks")
     for name, own in (("keras", "Keras ModelCheckpoint"), ("fastai", "fastai SaveModelCallback")):
         if name in frameworks:
-            ratio = frameworks[name]["ratio"]
-            lines.append(f"| training blocked per checkpoint / {own} | - | {ratio:.2f}x |")
+            result = frameworks[name]
+            lines.append(
+                f"| training blocked per checkpoint / {own} | - | {result['ratio']:.2f}x |"
+            )
+            if "epoch_end_ratio" in result:
+                lines.append(
+                    f"| ... of which at epoch ends (fit's end: {result['shelf_end_of_fit_s']:.2f}"
+                    f" s) / {own} | - | {result['epoch_end_ratio']:.2f}x |"
+                )
     if models:
         lines.append("| load_model, warm cache / load_file + load_state_dict | - | "
                      f"{models['load_vs_baseline']:.2f}x |")  # fmt: skip

@@ -10,12 +10,14 @@ Works under every Keras backend (TensorFlow, torch, JAX). Usage::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,7 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         self._resumed: Any = None
         self._first_epoch = True
         self._shadow: _Shadow | bool | None = None  # None: not tried yet; False: cannot be
+        self._cloning: concurrent.futures.Future[Any] | None = None
 
     @property
     def initial_epoch(self) -> int:
@@ -106,6 +109,8 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         self._first_epoch = True
         self._shadow = None  # the model may have been compiled anew since the last fit
         self.engine.begin(config, is_writer=_is_chief())
+        # The shadow is cloned beside the first epoch's training, not at its end.
+        self._cloning = _Shadow.start(model) if self.engine.is_writer else None
         if self.engine.resume and self.initial_epoch > 0:
             self._restore()
 
@@ -139,7 +144,8 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
         decision = self.engine.check(metrics)
         model, weights_only = self.model, self.engine.save_weights_only
         if self._shadow is None and self.engine.wants_snapshot(decision) and self.engine.is_writer:
-            self._shadow = _Shadow.of(model) or False
+            self._shadow = _Shadow.of(model, self._cloning) or False
+            self._cloning = None
 
         def snapshot() -> Parts:
             shadow = self._shadow
@@ -163,46 +169,83 @@ class ShelfCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defi
 
 class _Shadow:
     """A second model like the one in training (``keras.models.clone_model``, compiled the
-    same), which the writer thread fills with a copy of the weights and optimizer variables
+    same), which a thread of its own fills with a copy of the weights and optimizer variables
     and saves: training waits only for that copy to host memory, not for the archive.
 
-    ``of`` returns None for a model it cannot stand in for: one that cannot be cloned (a
-    subclassed model without ``get_config``), or whose clone does not hold the same variables
-    in the same shapes. Such a model is saved on the training thread, as Keras's own
-    ``ModelCheckpoint`` does.
+    The clone is made on that thread while the first epoch trains (``start``, when the model
+    is built at fit start); ``of`` takes it at the first checkpoint, or clones there if it
+    cannot be used. ``of`` returns None for a model it cannot stand in for: one that cannot be
+    cloned (a subclassed model without ``get_config``), or whose clone does not hold the same
+    variables in the same shapes and dtypes. Such a model is saved on the training thread, as
+    Keras's own ``ModelCheckpoint`` does.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, clone: Any, warm: bool = False) -> None:
+        self.model = clone
+        self._free: list[list[Any]] = []  # copies already saved, to copy into again
+        self._lock = threading.Lock()
+        if warm:
+            # Arrays to copy into, their memory touched now: the first copy then costs no
+            # page faults either (most of what a first copy costs).
+            arrays = [np.empty_like(_host_view(v)) for v in _variables(clone)]
+            for array in arrays:
+                array.fill(0)
+            self._free.append(arrays)
+
+    @staticmethod
+    def _clone(model: Any, build_optimizer: bool) -> Any:
         clone = keras.models.clone_model(model)
         compiled = model.get_compile_config()
         if compiled:
             clone.compile_from_config(compiled)
         optimizer = getattr(clone, "optimizer", None)
-        if (
-            optimizer is not None
-            and getattr(model.optimizer, "built", False)
-            and not optimizer.built
-        ):
+        if build_optimizer and optimizer is not None and not optimizer.built:
             optimizer.build(clone.trainable_variables)
-        self.model = clone
-        ours, theirs = _variables(clone), _variables(model)
-        if [tuple(v.shape) for v in ours] != [tuple(v.shape) for v in theirs]:
-            raise ValueError("the clone's variables differ from the model's")
+        return clone
 
     @classmethod
-    def of(cls, model: Any) -> _Shadow | None:
+    def start(cls, model: Any) -> concurrent.futures.Future[_Shadow] | None:
+        """Make a shadow of ``model`` on the archivist's thread, its optimizer built (the
+        model's is built at its first step), if the model is built; else None."""
+        if not getattr(model, "built", False) or not model.weights:
+            return None
+        return _archivist().submit(lambda: cls(cls._clone(model, True), warm=True))
+
+    @classmethod
+    def of(cls, model: Any, started: concurrent.futures.Future[_Shadow] | None) -> _Shadow | None:
+        """The shadow ``start`` made (waited for if under way; not if still queued behind
+        other archives), if it stands in for ``model`` now; else one made here."""
+        if started is not None and not started.cancel():
+            with contextlib.suppress(Exception):  # made again below, and told there
+                shadow = started.result()
+                if _same_variables(shadow.model, model):
+                    return shadow
         try:
-            return cls(model)
+            clone = cls._clone(model, build_optimizer=getattr(model.optimizer, "built", False))
+            if not _same_variables(clone, model):
+                raise ValueError("the clone's variables differ from the model's")
         except Exception as exc:
             logger.info(
                 "ShelfCheckpoint: %s cannot be cloned (%s); its checkpoints are saved on the "
                 "training thread", type(model).__qualname__, exc,
             )  # fmt: skip
             return None
+        return cls(clone)
 
     def copy(self, model: Any) -> list[Any]:
-        """The values of ``model``'s variables, copied to host memory (on the training thread)."""
-        return [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in _variables(model)]
+        """The values of ``model``'s variables, copied to host memory (on the training thread),
+        into the arrays of a copy already saved where there is one."""
+        with self._lock:
+            buffers = self._free.pop() if self._free else []
+        out = []
+        for i, variable in enumerate(_variables(model)):
+            value = _host_view(variable)
+            buf = buffers[i] if i < len(buffers) else None
+            if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
+                buf = np.empty_like(value)
+            np.copyto(buf, value)
+            out.append(buf)
+        return out
 
     def archive(
         self, arrays: list[Any], weights_only: bool
@@ -224,15 +267,41 @@ class _Shadow:
         return file, place, lambda: shutil.rmtree(tmp, ignore_errors=True)
 
     def _save(self, arrays: list[Any], path: Path, weights_only: bool) -> None:
-        for variable, value in zip(_variables(self.model), arrays, strict=True):
-            variable.assign(value)
-        (self.model.save_weights if weights_only else self.model.save)(path)
+        try:
+            for variable, value in zip(_variables(self.model), arrays, strict=True):
+                variable.assign(value)
+            (self.model.save_weights if weights_only else self.model.save)(path)
+        finally:
+            # Free to copy into again only now: a backend may have kept a view of them.
+            with self._lock:
+                if len(self._free) < 2:
+                    self._free.append(arrays)
 
 
 @functools.cache
 def _archivist() -> concurrent.futures.ThreadPoolExecutor:
     """The one thread that makes archives from shadows, one at a time."""
     return concurrent.futures.ThreadPoolExecutor(1, "modelshelf-keras")
+
+
+def _same_variables(clone: Any, model: Any) -> bool:
+    def layout(m: Any) -> list[tuple[tuple[int, ...], str]]:
+        return [(tuple(v.shape), str(v.dtype)) for v in _variables(m)]
+
+    return layout(clone) == layout(model)
+
+
+def _host_view(variable: Any) -> Any:
+    """A variable's values as an array in host memory: a view of them where the backend gives
+    one (TensorFlow on the CPU), else a copy; either is copied once more by the caller."""
+    value = variable.value
+    read = getattr(value, "read_value", None)  # a tf.Variable: numpy views the tensor read
+    if callable(read):
+        value = read()
+    try:
+        return np.asarray(value)
+    except (TypeError, RuntimeError, ValueError):  # torch: a tensor that requires grad, or
+        return np.asarray(keras.ops.convert_to_numpy(value))  # on a GPU
 
 
 def _variables(model: Any) -> list[Any]:

@@ -316,3 +316,26 @@ def test_a_model_that_cannot_be_cloned_is_checkpointed_on_the_training_thread(
     fresh.load_weights(shelf.get("sub:v0").path("model.weights.h5"))
     for got, want in zip(fresh.get_weights(), seen.seen[0][0], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_shadow_is_cloned_beside_the_first_epoch_not_on_the_training_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model built when fit starts is cloned for the background archives on the archivist's
+    thread while the first epoch trains, once: never on the training thread."""
+    threads: list[str] = []
+    clone = keras.models.clone_model
+
+    def recording(model: object, *args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return clone(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.models, "clone_model", recording)
+    shelf = ms.Shelf(tmp_path / "shelf")
+    seen = Weights()
+    fit(ShelfCheckpoint("net", shelf=shelf, monitor="score", save="all"), 3, extra=[seen])
+    assert len(threads) == 1 and threads[0].startswith("modelshelf-keras"), threads
+    for version, (weights, _step) in zip(shelf.versions("net"), seen.seen, strict=True):
+        loaded = keras.models.load_model(version.path("model.keras"))
+        for got, want in zip(loaded.get_weights(), weights, strict=True):
+            np.testing.assert_array_equal(got, want)
