@@ -134,6 +134,23 @@ def settle_with_gc(storage: Storage, floor: int, ensure: Callable[[], object]) -
         floor = head + 1
 
 
+def outlast_gc(storage: Storage, seen: GcFloor, ensure: Callable[[], object]) -> None:
+    """Return once no gc pass can still free what the writer references, for a writer whose
+    lease was on the shelf before it read ``seen`` (its floor).
+
+    A pass newer than ``seen.head`` entered the gc log after that read, so after the lease
+    was there: it reads the lease and keeps what it names. The passes that were still running
+    then may have read the leases before it; each is waited for, and then ``ensure()`` checks
+    that everything the commit references exists, storing again whatever a pass freed. No
+    pass running: nothing to wait for, and no request."""
+    if seen.quiet:
+        return
+    log = SeqLog(storage, GC)
+    for k in range(seen.floor, seen.head + 1):
+        _wait_over(storage, log, k)
+    ensure()
+
+
 def _wait_over(storage: Storage, log: SeqLog, k: int) -> None:
     waited, pause = time.monotonic(), 0.02
     while not _gc_over(storage, log, k):

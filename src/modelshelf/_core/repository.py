@@ -55,7 +55,7 @@ from .._format.records import (
 from .._format.seqlog import SeqLog, settled
 from .._storage import ChangedWhileReading, Storage, open_storage
 from . import hashcache
-from .gc import GcFloor, gc_floor, settle_with_gc
+from .gc import GcFloor, gc_floor, outlast_gc, settle_with_gc
 from .labels import Labels, initial_state
 from .sources import AskStorage, BlobCheck, Referenced, Source
 from .version import ArtifactVersion
@@ -262,10 +262,11 @@ class Repository:
             return AskStorage(self.storage)
         return _SeenBlobs(self.storage, self._seen_blobs, floor.head)
 
-    def put_file(self, path: Path) -> tuple[str, int]:
-        """Store a local file as a blob (skipped when its bytes are there); (hex, size)."""
+    def put_file(self, path: Path, known: str | None = None) -> tuple[str, int]:
+        """Store a local file as a blob (skipped when its bytes are there); (hex, size).
+        ``known``: its sha256 as hashed a moment ago (what is sent is checked against it)."""
         st = os.stat(path)
-        cached = hashcache.lookup(path, st)
+        cached = known or hashcache.lookup(path, st)
         if cached is None and self.storage.hash_before_upload:
             cached = hashcache.file_digest(path)  # hash first: skip uploads of known bytes
         unasked = st.st_size <= self.storage.upload_unasked_bytes
@@ -304,21 +305,30 @@ class Repository:
         nothing: that version is returned, with the tags and aliases applied.
         """
         self.info(create=True)
+        sources = {
+            rel: Referenced(item) if isinstance(item, FileEntry) else item
+            for rel, item in sorted(files.items())
+        }
+        # On an object store, when every file can say what it will store without storing it
+        # (plain files are hashed before they are sent anyway), the lease is written before
+        # the gc log is read: one read of the gc log then serves as floor and as settling.
+        planned = self._plan(sources) if self.storage.lists_heads else None
         # Until the commit record is written, the name's records are read as of one listing
         # (on an object store: its head, its name and the digest hint in one request, sent
         # beside the read of the gc log).
-        floor = self._beside(lambda: gc_floor(self.storage))
+        floor = self._beside(lambda: gc_floor(self.storage)) if planned is None else None
         with self.labels.listed(name), self._in_commit():
             self.claim_name(name, type)
-            gc_from = self._committing.floor = floor()  # before any blob is looked at: see gc
-            sources = {
-                rel: Referenced(item) if isinstance(item, FileEntry) else item
-                for rel, item in sorted(files.items())
-            }
             entries: dict[str, FileEntry] = {}
+            if floor is not None:
+                gc_from = self._committing.floor = floor()  # before any blob is looked at
+                for rel, source in sources.items():
+                    entries[rel] = source.store(self)
+            else:
+                assert planned is not None
+                entries = planned
             by_hex: dict[str, Source] = {}
             for rel, source in sources.items():
-                entries[rel] = source.store(self)
                 by_hex.update(dict.fromkeys(entries[rel].blob_hexes(), source))
             manifest = Manifest(entries)
             digest = manifest.digest()
@@ -343,9 +353,9 @@ class Repository:
                 "at": isoformat(now()), "by": writer_info(), "blobs": sorted(blobs),
                 "manifests": [manifest_hex],
             }  # fmt: skip
-            wrote_lease = self._beside(
-                lambda: self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
-            )
+
+            def write_lease() -> None:
+                self.storage.replace(lease_key(lease), dumps(lease_record), durable=False)
 
             def ensure() -> None:
                 """Everything the commit references is there (stored again if gc took it)."""
@@ -355,11 +365,29 @@ class Repository:
                 if not self.storage.exists(manifest_key(manifest_hex)):
                     self._put_manifest(manifest_hex, manifest_bytes)
 
+            wrote_lease: Callable[[], None] = lambda: None  # noqa: E731
+            if planned is not None:
+                write_lease()  # before the gc log is read: see gc
             try:
-                self._put_manifest(manifest_hex, manifest_bytes)  # beside the lease: see gc
-                wrote_lease()
-                self._committing.floor = None  # from here on, every blob is asked for
-                settle_with_gc(self.storage, gc_from.floor, ensure)
+                if planned is not None:
+                    gc_from = self._committing.floor = gc_floor(self.storage)
+                    put_manifest = self._beside(
+                        lambda: self._put_manifest(manifest_hex, manifest_bytes)
+                    )
+                    for rel, source in sources.items():
+                        if source.store(self, planned[rel]) != planned[rel]:
+                            raise ConflictError(
+                                f"{rel!r} changed while it was being stored; log it again."
+                            )
+                    put_manifest()
+                    self._committing.floor = None  # from here on, every blob is asked for
+                    outlast_gc(self.storage, gc_from, ensure)
+                else:
+                    wrote_lease = self._beside(write_lease)
+                    self._put_manifest(manifest_hex, manifest_bytes)  # beside the lease: see gc
+                    wrote_lease()
+                    self._committing.floor = None  # from here on, every blob is asked for
+                    settle_with_gc(self.storage, gc_from.floor, ensure)
                 record = {
                     "name": self.labels.stored_as(name),  # its folder's: the same after a rename
                     "type": type,
@@ -385,6 +413,17 @@ class Repository:
             return self._after_commit(name, version, record, digest, aliases, run_id)
         finally:
             dropped()
+
+    def _plan(self, sources: Mapping[str, Source]) -> dict[str, FileEntry] | None:
+        """What each source will store, if every one can tell it without storing; else
+        None."""
+        planned = {}
+        for rel, source in sources.items():
+            entry = source.plan(self)
+            if entry is None:
+                return None
+            planned[rel] = entry
+        return planned
 
     @contextlib.contextmanager
     def _in_commit(self) -> Iterator[None]:

@@ -41,8 +41,14 @@ REMOTE_SENDS = 8
 class Source(Protocol):
     """A file of a version being committed."""
 
-    def store(self, repo: Repository) -> FileEntry:
-        """Put the file's bytes on ``repo`` (skipping what is there) and describe them."""
+    def store(self, repo: Repository, planned: FileEntry | None = None) -> FileEntry:
+        """Put the file's bytes on ``repo`` (skipping what is there) and describe them;
+        ``planned``: what ``plan`` returned (the bytes are checked against it as they go)."""
+
+    def plan(self, repo: Repository) -> FileEntry | None:
+        """The entry ``store`` will return, without storing anything, when telling it costs
+        no more than storing does anyway; else None. A commit whose every file can tell it
+        writes its lease first (``Repository.commit``)."""
 
 
 class BlobCheck(Protocol):
@@ -73,7 +79,10 @@ class LocalFile:
 
     path: Path
 
-    def store(self, repo: Repository) -> FileEntry:
+    def store(self, repo: Repository, planned: FileEntry | None = None) -> FileEntry:
+        if planned is not None and planned.chunks is None:  # hashed by plan: sent whole
+            hexdigest, size = repo.put_file(self.path, planned.hex)
+            return FileEntry(size=size, digest=f"sha256:{hexdigest}")
         st = os.stat(self.path)
         known = self._known_chunks(repo, st)
         if known is not None:
@@ -93,6 +102,22 @@ class LocalFile:
         if entry.hex is not None:
             hashcache.remember(self.path, entry.hex, st)
         return entry
+
+    def plan(self, repo: Repository) -> FileEntry | None:
+        """Known for a file stored in chunks before and unchanged since (by its stat data),
+        and for a file stored whole where it is hashed before it is sent anyway (an object
+        store); not for a new file that would be stored in chunks."""
+        st = os.stat(self.path)
+        digest = hashcache.lookup(self.path, st)
+        chunks = hashcache.chunks_of(digest) if digest is not None else None
+        if chunks and len(chunks) >= 2 and sum(n for _, n in chunks) == st.st_size:
+            return FileEntry(size=st.st_size, digest=f"sha256:{digest}", chunks=tuple(chunks))
+        if not repo.storage.hash_before_upload or file_pieces(self.path, st.st_size) is not None:
+            return None
+        if digest is None:
+            digest = hashcache.file_digest(self.path)
+            hashcache.remember(self.path, digest, st)  # put_file finds it there
+        return FileEntry(size=st.st_size, digest=f"sha256:{digest}")
 
     def _known_chunks(self, repo: Repository, st: os.stat_result) -> FileEntry | None:
         """The entry of a file stored in chunks before, unchanged since (by its stat data),
@@ -117,7 +142,7 @@ class StreamedFile:
     #: None, or returning None: store them whole.
     pieces: Callable[[], Sequence[Piece] | None] | None = None
 
-    def store(self, repo: Repository) -> FileEntry:
+    def store(self, repo: Repository, planned: FileEntry | None = None) -> FileEntry:
         pieces = self.pieces() if self.pieces is not None else None
         if pieces is not None:
             changed = ConflictError(
@@ -128,6 +153,9 @@ class StreamedFile:
         hexdigest, size = repo.storage.put_stream(self.chunks, blob_key)
         return FileEntry(size=size, digest=f"sha256:{hexdigest}")
 
+    def plan(self, repo: Repository) -> FileEntry | None:
+        return None  # its bytes would be made twice
+
 
 @dataclass(frozen=True)
 class CopiedFile:
@@ -137,12 +165,15 @@ class CopiedFile:
     entry: FileEntry
     fetch: Callable[[Storage, str], Path]  # a verified local copy of one of ``source``'s blobs
 
-    def store(self, repo: Repository) -> FileEntry:
+    def store(self, repo: Repository, planned: FileEntry | None = None) -> FileEntry:
         there = repo.blobs_there()
         for hexdigest in sorted(self.entry.blob_hexes()):
             if not there(hexdigest):
                 repo.storage.upload(self.fetch(self.source, hexdigest), blob_key, hexdigest)
                 there.stored(hexdigest)
+        return self.entry
+
+    def plan(self, repo: Repository) -> FileEntry | None:
         return self.entry
 
 
@@ -152,7 +183,10 @@ class Referenced:
 
     entry: FileEntry
 
-    def store(self, repo: Repository) -> FileEntry:
+    def store(self, repo: Repository, planned: FileEntry | None = None) -> FileEntry:
+        return self.entry
+
+    def plan(self, repo: Repository) -> FileEntry | None:
         return self.entry
 
 
