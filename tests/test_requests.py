@@ -541,3 +541,57 @@ def test_ls_reads_the_root_record_once_though_it_reads_artifacts_side_by_side(
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)) == 8
     assert roots == [ROOT_RECORD]
+
+
+def test_a_large_blob_goes_up_to_gcs_in_parts_composed_once_hashed(
+    gcs_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GCS: the parts go up side by side as temporary objects and are composed into the blob
+    (in rounds, past 32 parts) only once the whole hashed to what was expected; the parts are
+    deleted either way. Bytes that are not what was hashed, or a reader that fails halfway,
+    leave nothing under the key and nothing under tmp/."""
+    import hashlib
+
+    import gcsfs
+
+    from conftest import new_gcs_bucket
+    from modelshelf._storage import ChangedWhileReading, objectstore, open_storage
+
+    monkeypatch.setattr(objectstore, "PART_BYTES", 64 << 10)  # 41 parts of 64 KiB
+    storage = open_storage(f"gs://{new_gcs_bucket()}/shelf")
+    data = os.urandom(40 * (64 << 10) + 777)
+    right = hashlib.sha256(data).hexdigest()
+
+    def chunks() -> list[bytes]:
+        return [data[i : i + 100_000] for i in range(0, len(data), 100_000)]
+
+    def failing() -> Any:
+        yield from chunks()[:5]
+        raise OSError("disk went away")
+
+    with pytest.raises(ChangedWhileReading):
+        storage.put_stream(chunks, lambda h: f"blobs/{h}", expected="0" * 64)
+    with pytest.raises(OSError, match="went away"):
+        storage.put_stream(failing, lambda h: f"blobs/{h}", expected=right)
+    assert storage.find("blobs") == [] and storage.find("tmp") == []
+
+    composed: list[tuple[str, int]] = []
+    merge = gcsfs.GCSFileSystem.merge
+
+    def counting(self: Any, path: str, paths: list[str], **kwargs: Any) -> Any:
+        composed.append((path.rsplit("/", 2)[-2], len(paths)))
+        return merge(self, path, paths, **kwargs)
+
+    monkeypatch.setattr(gcsfs.GCSFileSystem, "merge", counting)
+    assert storage.put_stream(chunks, lambda h: f"blobs/{h}", expected=right) == (right, len(data))
+    # 41 parts: two composed in a first round (32 and 9), then those two into the blob
+    assert composed == [("tmp", 32), ("tmp", 9), ("blobs", 2)], composed
+    assert storage.read_many([f"blobs/{right}"])[f"blobs/{right}"] == data
+    assert storage.find("tmp") == []
+
+    shelf = ms.Shelf(storage.url)
+    big = tmp_path / "big.bin"
+    big.write_bytes(data[::-1])
+    version = shelf.log_artifact(big, name="big", type="model")
+    assert (version.download(tmp_path / "back") / "big.bin").read_bytes() == big.read_bytes()
+    version.verify()

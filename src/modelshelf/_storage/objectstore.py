@@ -187,6 +187,9 @@ class ObjectStoreStorage(Storage):
         abort, so nothing becomes visible, and raise ``changed``)."""
         if hasattr(self.fs, "call_s3") and hasattr(self.fs, "split_path"):  # s3fs
             return _PartsUpload(self.fs, self.path(key)).send(chunks, expected, changed)
+        if _is_gcs(self.fs):
+            parts = _ComposedUpload(self.fs, self.path(key), self.path(self._tmp_key()))
+            return parts.send(chunks, expected, changed)
         f = self.fs.open(self.path(key), "wb")
         try:
             digest, size = write_hashed(chunks, f)
@@ -197,6 +200,12 @@ class ObjectStoreStorage(Storage):
             raise
         f.close()
         return digest, size
+
+
+def _is_gcs(fs: Any) -> bool:
+    protocol = fs.protocol
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    return "gs" in protocols and callable(getattr(fs, "merge", None))
 
 
 def _discard(f: Any) -> None:
@@ -247,16 +256,7 @@ class _PartsUpload:
             try:
                 for number, body in enumerate(itertools.chain([first, second], parts), 1):
                     size += len(body)
-                    _PARTS_IN_FLIGHT.acquire()
-                    try:
-                        future = pool.submit(
-                            contextvars.copy_context().run, self._part, uid, number, body
-                        )
-                    except BaseException:
-                        _PARTS_IN_FLIGHT.release()
-                        raise
-                    future.add_done_callback(lambda _f: _PARTS_IN_FLIGHT.release())
-                    sent.append(future)
+                    sent.append(_send_part(pool, self._part, uid, number, body))
                     del body
                 etags = [future.result() for future in sent]
                 if hasher.hexdigest() != expected:
@@ -286,6 +286,94 @@ class _PartsUpload:
         )  # fmt: skip
         report(len(body))
         return str(out["ETag"])
+
+
+def _send_part(
+    pool: concurrent.futures.ThreadPoolExecutor, send: Any, *args: Any
+) -> concurrent.futures.Future[Any]:
+    """``send(*args)`` on ``pool``, in a copy of this context (progress listeners live there),
+    once fewer than 16 parts are held across the process (read, not yet sent)."""
+    _PARTS_IN_FLIGHT.acquire()
+    try:
+        future = pool.submit(contextvars.copy_context().run, send, *args)
+    except BaseException:
+        _PARTS_IN_FLIGHT.release()
+        raise
+    future.add_done_callback(lambda _f: _PARTS_IN_FLIGHT.release())
+    return future
+
+
+#: GCS composes at most 32 objects into one (``merge``); more are composed in rounds.
+_COMPOSE_MOST = 32
+
+
+class _ComposedUpload:
+    """One object written to GCS by gcsfs: a single upload when the bytes fit in one part;
+    else the parts go up side by side as temporary objects (``tmp/<uuid>-<n>``) while the next
+    ones are read and hashed, and are composed into the object (gcsfs's ``merge``: GCS's
+    compose, 32 sources at a time) only once the whole hashes to what was expected. The
+    temporary objects are deleted either way (gc removes any a crash leaves, after a day):
+    nothing partial ever becomes visible under the key."""
+
+    def __init__(self, fs: Any, path: str, tmp_path: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.tmp = tmp_path  # the temporary objects' common beginning
+
+    def send(self, chunks: Iterable[Any], expected: str, changed: Exception) -> tuple[str, int]:
+        hasher = hashlib.sha256()
+        parts = _parts(chunks, hasher)
+        first = next(parts, b"")
+        second = next(parts, None)
+        if second is None:  # one part: one upload, once its bytes are known to be right
+            if hasher.hexdigest() != expected:
+                raise changed
+            self.fs.pipe_file(self.path, first)
+            report(len(first))
+            return expected, len(first)
+        made: list[str] = []
+        sent: list[concurrent.futures.Future[Any]] = []
+        size = 0
+        try:
+            with concurrent.futures.ThreadPoolExecutor(_PART_SENDERS, "modelshelf-parts") as pool:
+                try:
+                    for number, body in enumerate(itertools.chain([first, second], parts), 1):
+                        size += len(body)
+                        made.append(f"{self.tmp}-{number:05d}")
+                        sent.append(_send_part(pool, self._part, made[-1], body))
+                        del body
+                    for future in sent:
+                        future.result()
+                except BaseException:
+                    for future in sent:
+                        future.cancel()
+                    concurrent.futures.wait(sent)
+                    raise
+            if hasher.hexdigest() != expected:
+                raise changed
+            self._compose(made)
+        finally:
+            with contextlib.suppress(Exception):
+                self.fs.rm(made)
+        self.fs.invalidate_cache(self.path)
+        return expected, size
+
+    def _part(self, path: str, body: bytes) -> None:
+        self.fs.pipe_file(path, body)
+        report(len(body))
+
+    def _compose(self, made: list[str]) -> None:
+        """Compose ``made`` (in order) into the object; rounds of 32 when there are more,
+        their results added to ``made`` to be deleted with the parts."""
+        level, round_ = list(made), 0
+        while len(level) > _COMPOSE_MOST:
+            round_ += 1
+            groups = [level[i : i + _COMPOSE_MOST] for i in range(0, len(level), _COMPOSE_MOST)]
+            level = [f"{self.tmp}-r{round_}-{j:05d}" for j in range(len(groups))]
+            for target, group in zip(level, groups, strict=True):
+                made.append(target)
+                self.fs.merge(target, group)
+        self.fs.merge(self.path, level)
 
 
 def _parts(chunks: Iterable[Any], hasher: Any) -> Iterator[bytes]:
