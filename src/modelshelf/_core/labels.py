@@ -321,8 +321,18 @@ class Labels:
     # -- aliases -------------------------------------------------------------------------
     def alias_map(self, name: str) -> dict[str, int]:
         """Every alias of ``name`` (``latest`` excepted) and the version it points to."""
+        return self.alias_map_later(name)()
+
+    def alias_map_later(self, name: str) -> Callable[[], dict[str, int]]:
+        """What ``alias_map`` would read now, read when called: as of the listing in use now,
+        if there is one (then it reads the alias head alone, or nothing when the listing
+        shows no alias record)."""
         key = self.keys(name).aliases
-        _, head = self.log(key).head()
+        log = self.log(key)
+        return lambda: self._alias_map(log, key)
+
+    def _alias_map(self, log: SeqLog, key: str) -> dict[str, int]:
+        _, head = log.head()
         aliases = (head or {}).get("aliases", {})
         if not isinstance(aliases, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0

@@ -615,8 +615,11 @@ class Repository:
         """The version ``name:v<n>``; its aliases read when first asked for, if ``aliases``
         is None."""
         check_commit_record(self.labels.stored_as(name), n, record)
-        if aliases is None:
-            return ArtifactVersion(self, name, record, state, None, latest=n == latest)
+        if aliases is None:  # read later, as of the listing in use now (if any)
+            later = self.labels.alias_map_later(name)
+            return ArtifactVersion(
+                self, name, record, state, None, latest=n == latest, alias_map=later
+            )
         names = [a for a, v in aliases.items() if v == n]
         if n == latest:
             names.append(LATEST)

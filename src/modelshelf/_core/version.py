@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import IntegrityError, InvalidMetadataError, NotFoundError
@@ -42,6 +43,7 @@ class ArtifactVersion:
         aliases: list[str] | None,
         *,
         latest: bool = False,
+        alias_map: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self._repo = repo
         self._record = record
@@ -53,9 +55,11 @@ class ArtifactVersion:
         self.created_at: _dt.datetime = parse_time(record["created_at"])
         self.run_id: str | None = record.get("run_id")
         # None: read from the shelf when first asked for (resolving ``name`` or ``name:vN``
-        # needs no alias record); ``latest`` is known when the version is looked up
+        # needs no alias record), by ``alias_map`` if given; ``latest`` is known when the
+        # version is looked up
         self._aliases = None if aliases is None else sorted(aliases)
         self._latest = latest if aliases is None else LATEST in aliases
+        self._alias_map = alias_map
         self._apply_state(state)
         self._manifest: Manifest | None = None
 
@@ -69,7 +73,8 @@ class ArtifactVersion:
         """Its aliases, ``latest`` included when it is the newest version (as of the lookup
         that returned it, or of the first time this is asked for)."""
         if self._aliases is None:
-            held = self._repo.labels.alias_map(self.name)
+            read = self._alias_map or (lambda: self._repo.labels.alias_map(self.name))
+            held = read()
             names = [a for a, v in held.items() if v == self.version]
             self._aliases = sorted([*names, *([LATEST] if self._latest else [])])
         return self._aliases
