@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import IntegrityError, InvalidMetadataError, NotFoundError
