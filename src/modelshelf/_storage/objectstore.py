@@ -226,66 +226,100 @@ _PARTS_IN_FLIGHT = threading.BoundedSemaphore(16)
 _PART_SENDERS = 8
 
 
-class _PartsUpload:
-    """One object written to S3 by s3fs's ``call_s3``: a single PUT when the bytes fit in one
-    part, else a multipart upload whose parts are sent side by side while the next ones are
-    read and hashed. It is completed only if the whole hashes to what was expected, and
-    aborted on any failure: nothing partial ever becomes visible."""
+class _Upload:
+    """One object written to a bucket from bytes cut in parts (``_parts``), hashed as they are
+    read. One part is one upload, sent once its hash is known to be right. More are sent side
+    by side (``_part``) while the next ones are read and hashed, and made into the object
+    (``_finish``) only once the whole hashed to what was expected; any failure abandons them
+    (``_abandon``): nothing partial ever becomes visible."""
 
     def __init__(self, fs: Any, path: str) -> None:
         self.fs = fs
         self.path = path
-        self.bucket, self.key, _ = fs.split_path(path)
 
     def send(self, chunks: Iterable[Any], expected: str, changed: Exception) -> tuple[str, int]:
         hasher = hashlib.sha256()
         parts = _parts(chunks, hasher)
         first = next(parts, b"")
         second = next(parts, None)
-        if second is None:  # one part: one PUT, once its bytes are known to be right
+        if second is None:  # one part: one upload, once its bytes are known to be right
             if hasher.hexdigest() != expected:
                 raise changed
             self.fs.pipe_file(self.path, first)
             report(len(first))
             return expected, len(first)
-        upload = self.fs.call_s3("create_multipart_upload", Bucket=self.bucket, Key=self.key)
-        uid = upload["UploadId"]
-        sent: list[concurrent.futures.Future[Any]] = []
+        self._begin()
         size = 0
-        with concurrent.futures.ThreadPoolExecutor(_PART_SENDERS, "modelshelf-parts") as pool:
-            try:
-                for number, body in enumerate(itertools.chain([first, second], parts), 1):
-                    size += len(body)
-                    sent.append(_send_part(pool, self._part, uid, number, body))
-                    del body
-                etags = [future.result() for future in sent]
-                if hasher.hexdigest() != expected:
-                    raise changed
-                self.fs.call_s3(
-                    "complete_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=uid,
-                    MultipartUpload={
-                        "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
-                    },
-                )  # fmt: skip
-            except BaseException:
-                for future in sent:
-                    future.cancel()
-                concurrent.futures.wait(sent)
-                with contextlib.suppress(Exception):
-                    self.fs.call_s3(
-                        "abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=uid
-                    )
-                raise
+        try:
+            sent: list[concurrent.futures.Future[Any]] = []
+            with concurrent.futures.ThreadPoolExecutor(_PART_SENDERS, "modelshelf-parts") as pool:
+                try:
+                    for number, body in enumerate(itertools.chain([first, second], parts), 1):
+                        size += len(body)
+                        sent.append(_send_part(pool, self._part, number, body))
+                        del body
+                    results = [future.result() for future in sent]
+                except BaseException:
+                    for future in sent:
+                        future.cancel()
+                    concurrent.futures.wait(sent)
+                    raise
+            if hasher.hexdigest() != expected:
+                raise changed
+            self._finish(results)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._abandon()
+            raise
         self.fs.invalidate_cache(self.path)
         return expected, size
 
-    def _part(self, uid: str, number: int, body: bytes) -> str:
+    def _begin(self) -> None:
+        pass
+
+    def _part(self, number: int, body: bytes) -> Any:
+        raise NotImplementedError
+
+    def _finish(self, results: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        pass
+
+
+class _PartsUpload(_Upload):
+    """S3, through s3fs's ``call_s3``: a multipart upload, completed only if the whole hashed
+    right, else aborted (no upload is left open)."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        super().__init__(fs, path)
+        self.bucket, self.key, _ = fs.split_path(path)
+        self.uid: str | None = None
+
+    def _begin(self) -> None:
+        upload = self.fs.call_s3("create_multipart_upload", Bucket=self.bucket, Key=self.key)
+        self.uid = upload["UploadId"]
+
+    def _part(self, number: int, body: bytes) -> str:
         out = self.fs.call_s3(
-            "upload_part", Bucket=self.bucket, Key=self.key, UploadId=uid, PartNumber=number,
-            Body=body,
+            "upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.uid,
+            PartNumber=number, Body=body,
         )  # fmt: skip
         report(len(body))
         return str(out["ETag"])
+
+    def _finish(self, results: list[Any]) -> None:
+        self.fs.call_s3(
+            "complete_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.uid,
+            MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(results, 1)]
+            },
+        )  # fmt: skip
+
+    def _abandon(self) -> None:
+        self.fs.call_s3(
+            "abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.uid
+        )
 
 
 def _send_part(
@@ -307,73 +341,45 @@ def _send_part(
 _COMPOSE_MOST = 32
 
 
-class _ComposedUpload:
-    """One object written to GCS by gcsfs: a single upload when the bytes fit in one part;
-    else the parts go up side by side as temporary objects (``tmp/<uuid>-<n>``) while the next
-    ones are read and hashed, and are composed into the object (gcsfs's ``merge``: GCS's
-    compose, 32 sources at a time) only once the whole hashes to what was expected. The
-    temporary objects are deleted either way (gc removes any a crash leaves, after a day):
-    nothing partial ever becomes visible under the key."""
+class _ComposedUpload(_Upload):
+    """GCS, through gcsfs, whose resumable uploads take their parts in order: the parts go up
+    as temporary objects (``tmp/<uuid>-<n>``), composed into the object (gcsfs's ``merge``:
+    GCS's compose, 32 sources at a time) only once the whole hashed right. The temporary
+    objects are deleted either way (gc removes any a crash leaves, after a day)."""
 
     def __init__(self, fs: Any, path: str, tmp_path: str) -> None:
-        self.fs = fs
-        self.path = path
+        super().__init__(fs, path)
         self.tmp = tmp_path  # the temporary objects' common beginning
+        self.made: list[str] = []
 
-    def send(self, chunks: Iterable[Any], expected: str, changed: Exception) -> tuple[str, int]:
-        hasher = hashlib.sha256()
-        parts = _parts(chunks, hasher)
-        first = next(parts, b"")
-        second = next(parts, None)
-        if second is None:  # one part: one upload, once its bytes are known to be right
-            if hasher.hexdigest() != expected:
-                raise changed
-            self.fs.pipe_file(self.path, first)
-            report(len(first))
-            return expected, len(first)
-        made: list[str] = []
-        sent: list[concurrent.futures.Future[Any]] = []
-        size = 0
-        try:
-            with concurrent.futures.ThreadPoolExecutor(_PART_SENDERS, "modelshelf-parts") as pool:
-                try:
-                    for number, body in enumerate(itertools.chain([first, second], parts), 1):
-                        size += len(body)
-                        made.append(f"{self.tmp}-{number:05d}")
-                        sent.append(_send_part(pool, self._part, made[-1], body))
-                        del body
-                    for future in sent:
-                        future.result()
-                except BaseException:
-                    for future in sent:
-                        future.cancel()
-                    concurrent.futures.wait(sent)
-                    raise
-            if hasher.hexdigest() != expected:
-                raise changed
-            self._compose(made)
-        finally:
-            with contextlib.suppress(Exception):
-                self.fs.rm(made)
-        self.fs.invalidate_cache(self.path)
-        return expected, size
-
-    def _part(self, path: str, body: bytes) -> None:
+    def _part(self, number: int, body: bytes) -> str:
+        path = f"{self.tmp}-{number:05d}"
+        self.made.append(path)
         self.fs.pipe_file(path, body)
         report(len(body))
+        return path
 
-    def _compose(self, made: list[str]) -> None:
-        """Compose ``made`` (in order) into the object; rounds of 32 when there are more,
-        their results added to ``made`` to be deleted with the parts."""
-        level, round_ = list(made), 0
-        while len(level) > _COMPOSE_MOST:
-            round_ += 1
-            groups = [level[i : i + _COMPOSE_MOST] for i in range(0, len(level), _COMPOSE_MOST)]
-            level = [f"{self.tmp}-r{round_}-{j:05d}" for j in range(len(groups))]
-            for target, group in zip(level, groups, strict=True):
-                made.append(target)
-                self.fs.merge(target, group)
-        self.fs.merge(self.path, level)
+    def _finish(self, results: list[Any]) -> None:
+        """Compose the parts (in order) into the object; in rounds of 32 when there are more,
+        whose results are temporary objects too."""
+        try:
+            level, round_ = list(results), 0
+            while len(level) > _COMPOSE_MOST:
+                round_ += 1
+                groups = [level[i : i + _COMPOSE_MOST] for i in range(0, len(level), _COMPOSE_MOST)]
+                level = [f"{self.tmp}-r{round_}-{j:05d}" for j in range(len(groups))]
+                for target, group in zip(level, groups, strict=True):
+                    self.made.append(target)
+                    self.fs.merge(target, group)
+            self.fs.merge(self.path, level)
+        finally:
+            with contextlib.suppress(Exception):
+                self._abandon()  # the temporary objects, not needed any more
+
+    def _abandon(self) -> None:
+        made, self.made = self.made, []
+        if made:
+            self.fs.rm(made)
 
 
 def _parts(chunks: Iterable[Any], hasher: Any) -> Iterator[bytes]:
