@@ -162,12 +162,16 @@ class Repository:
         return str(info["type"]) if info else None
 
     def check_live(self, name: str) -> None:
-        """NotFoundError if ``name`` was renamed: it says where the artifact went."""
+        """NotFoundError if ``name`` was renamed: it says where the artifact went. A tombstone
+        still being written (in place, on a generic filesystem) or torn does not count yet:
+        the name still works (``current_name``), and a rename of it meets the tombstone at
+        its own create, waits for it, and gives way."""
         if self.labels.try_read(ArtifactKeys(name).renamed) is not None:
-            raise NotFoundError(
-                f"{name!r} was renamed to {self.current_name(name)!r}; use the new name.",
-                ref=name,
-            )
+            went = self.current_name(name)
+            if went != name:
+                raise NotFoundError(
+                    f"{name!r} was renamed to {went!r}; use the new name.", ref=name
+                )
 
     def current_name(self, name: str) -> str:
         """The name ``name`` goes by now: itself, or where its renames led."""
