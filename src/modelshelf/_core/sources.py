@@ -108,28 +108,29 @@ class LocalFile:
         and for a file stored whole where it is hashed before it is sent anyway (an object
         store); not for a new file that would be stored in chunks."""
         st = os.stat(self.path)
-        digest = hashcache.lookup(self.path, st)
-        chunks = hashcache.chunks_of(digest) if digest is not None else None
-        if chunks and len(chunks) >= 2 and sum(n for _, n in chunks) == st.st_size:
-            return FileEntry(size=st.st_size, digest=f"sha256:{digest}", chunks=tuple(chunks))
+        cached = self._cached_chunks(st)
+        if cached is not None:
+            return cached
         if not repo.storage.hash_before_upload or file_pieces(self.path, st.st_size) is not None:
             return None
-        if digest is None:
-            digest = hashcache.file_digest(self.path)
-            hashcache.remember(self.path, digest, st)  # put_file finds it there
-        return FileEntry(size=st.st_size, digest=f"sha256:{digest}")
+        return FileEntry(size=st.st_size, digest=f"sha256:{hashcache.file_digest(self.path)}")
 
-    def _known_chunks(self, repo: Repository, st: os.stat_result) -> FileEntry | None:
-        """The entry of a file stored in chunks before, unchanged since (by its stat data),
-        whose chunks are all on the shelf: a re-log that reads nothing."""
+    def _cached_chunks(self, st: os.stat_result) -> FileEntry | None:
+        """The entry of the file as stored in chunks before, if it is unchanged since (by its
+        stat data): the hash cache knows its digest and its chunks."""
         digest = hashcache.lookup(self.path, st)
         chunks = hashcache.chunks_of(digest) if digest is not None else None
         if not chunks or len(chunks) < 2 or sum(n for _, n in chunks) != st.st_size:
             return None
-        there = repo.blobs_there()
-        if not all(there(d.split(":", 1)[1]) for d, _ in chunks):
-            return None
         return FileEntry(size=st.st_size, digest=f"sha256:{digest}", chunks=tuple(chunks))
+
+    def _known_chunks(self, repo: Repository, st: os.stat_result) -> FileEntry | None:
+        """That entry, when all its chunks are on the shelf: a re-log that reads nothing."""
+        entry = self._cached_chunks(st)
+        if entry is None:
+            return None
+        there = repo.blobs_there()
+        return entry if all(there(h) for h in entry.blob_hexes()) else None
 
 
 @dataclass(frozen=True)

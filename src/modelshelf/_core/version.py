@@ -54,9 +54,10 @@ class ArtifactVersion:
         self.size: int = int(record["size"])
         self.created_at: _dt.datetime = parse_time(record["created_at"])
         self.run_id: str | None = record.get("run_id")
-        # None: read from the shelf when first asked for (resolving ``name`` or ``name:vN``
-        # needs no alias record), by ``alias_map`` if given; ``latest`` is known when the
-        # version is looked up
+        # None: read by ``alias_map`` when first asked for (resolving ``name`` or ``name:vN``
+        # needs no alias record); ``latest`` is known when the version is looked up
+        if aliases is None and alias_map is None:
+            raise TypeError("ArtifactVersion needs its aliases or what reads them")
         self._aliases = None if aliases is None else sorted(aliases)
         self._latest = latest if aliases is None else LATEST in aliases
         self._alias_map = alias_map
@@ -71,10 +72,10 @@ class ArtifactVersion:
     @property
     def aliases(self) -> list[str]:
         """Its aliases, ``latest`` included when it is the newest version (as of the lookup
-        that returned it, or of the first time this is asked for)."""
+        that returned it on a bucket; on a filesystem, of the first time this is asked for)."""
         if self._aliases is None:
-            read = self._alias_map or (lambda: self._repo.labels.alias_map(self.name))
-            held = read()
+            assert self._alias_map is not None  # checked when made
+            held = self._alias_map()
             names = [a for a, v in held.items() if v == self.version]
             self._aliases = sorted([*names, *([LATEST] if self._latest else [])])
         return self._aliases
